@@ -1,0 +1,68 @@
+"""Assemble a plan from a bank into a standard transformers model.
+
+The result is an instance of the base model's own class (for example ``M2M100ForConditionalGeneration``)
+whose layers are deep copies of the bank's original layers and modules, in plan order. Attention
+``layer_idx`` values are renumbered 0..N-1 (the KV cache is indexed by them: stale indices make cached
+generation silently wrong), and config depths are rewritten as Python ints.
+
+>>> model = assemble(bank, "0,1-2,3-5/0-1,2,3,x4,5")      # doctest: +SKIP
+>>> model.save_pretrained("out")                          # a plain HF model
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from .bank import LayerBank
+from .plan import DROP, MODULE, AssemblyPlan
+
+
+def _skeleton(bank: LayerBank) -> nn.Module:
+    """A deep copy of the base model without its layer lists (so they are not copied for nothing)."""
+    base = bank.base_model
+    saved = {s: bank.adapter.layers(base, s) for s in bank.stack_names}
+    try:
+        for s in bank.stack_names:
+            bank.adapter.set_layers(base, s, [])
+        skeleton = copy.deepcopy(base)
+    finally:
+        for s, layers in saved.items():
+            bank.adapter.set_layers(base, s, list(layers))
+    return skeleton
+
+
+def plan_layers(bank: LayerBank, plan: AssemblyPlan) -> dict[str, list[nn.Module]]:
+    """The bank's layer objects (not copies) that fill each stack's slots, in order."""
+    out = {}
+    for name, blocks in zip(bank.stack_names, plan.stacks):
+        layers = []
+        for b in blocks:
+            if b.kind == DROP:
+                continue
+            if b.kind == MODULE:
+                layers.append(bank.module_layer(name, b.start, b.end))
+            else:
+                layers.append(bank.original_layer(name, b.start))
+        out[name] = layers
+    return out
+
+
+def assemble(bank: LayerBank, plan: str | AssemblyPlan) -> nn.Module:
+    """Build the model that ``plan`` describes, as a standalone transformers model in eval mode."""
+    plan = bank.plan(plan)
+    adapter = bank.adapter
+    model = _skeleton(bank)
+    for name, layers in plan_layers(bank, plan).items():
+        copies = [copy.deepcopy(layer) for layer in layers]
+        for slot, layer in enumerate(copies):
+            adapter.renumber(layer, slot)
+        adapter.set_layers(model, name, copies)
+        adapter.finalize_stack(model, name, bank.original_layer(name, 0))
+    adapter.set_depths(model, dict(zip(bank.stack_names, plan.depths)),
+                       dict(zip(bank.stack_names, (list(s) for s in plan.sources()))))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

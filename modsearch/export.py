@@ -1,0 +1,119 @@
+"""Export an assembled plan as a standalone Hugging Face model directory.
+
+The directory holds the model (config + safetensors), the bank's tokenizer, ``assembly.json`` (the plan, the
+bank checksum, the modsearch version and whatever was measured for it) and a model card ``README.md``.
+Loading it needs only transformers:
+
+>>> from transformers import AutoModelForSeq2SeqLM                       # doctest: +SKIP
+>>> model = AutoModelForSeq2SeqLM.from_pretrained("exports/half-depth")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+
+from ._errors import UserError
+from ._io import atomic_dir, write_json, write_text
+from ._version import __version__
+from .assemble import assemble
+from .bank import LayerBank
+from .plan import AssemblyPlan
+
+
+def export_model(bank: LayerBank, plan: str | AssemblyPlan, out: str, overwrite: bool = False,
+                 info: dict | None = None, dtype=None) -> str:
+    """Write ``out`` atomically: a crash leaves no half-written directory. Returns ``out``.
+
+    ``info`` (study, trial, target, metrics...) is recorded in assembly.json and summarised in the card.
+    """
+    plan = bank.plan(plan)
+    if os.path.exists(out) and not overwrite:
+        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+    model = assemble(bank, plan)
+    if dtype is not None:
+        model = model.to(dtype)
+    spec = {
+        "format": "modsearch-assembly",
+        "schema_version": 1,
+        "modsearch_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "bank": {"path": os.path.abspath(bank.path), "checksum": bank.checksum,
+                 "architecture": bank.manifest["architecture"]},
+        **plan.to_json(bank.checksum, bank.stack_names),
+        **bank.describe_plan(plan),
+        "source_prefix": bank.source_prefix,
+    }
+    if info:
+        spec.update(info)
+    generate_note = _generation_note(bank, plan)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        if bank.has_tokenizer():
+            bank.tokenizer.save_pretrained(tmp)
+        write_json(os.path.join(tmp, "assembly.json"), spec)
+        write_text(os.path.join(tmp, "README.md"), model_card(bank, plan, spec, generate_note))
+    return out
+
+
+def _generation_note(bank: LayerBank, plan: AssemblyPlan) -> str:
+    """What the model card must tell the caller about generate(), if anything."""
+    if bank.manifest["architecture"]["model_type"] == "t5" and plan.depths[1] > plan.depths[0]:
+        return ("This T5 has a deeper decoder than encoder. Its config carries `decoder_layers` so that plain "
+                "`generate()` in transformers 5 sizes the decoder's KV cache to the decoder. If your "
+                "transformers version raises IndexError in `generate()`, pass "
+                "`past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache())`.")
+    return ""
+
+
+def model_card(bank: LayerBank, plan: AssemblyPlan, spec: dict, generate_note: str = "") -> str:
+    arch = bank.manifest["architecture"]
+    auto = "AutoModelForSeq2SeqLM" if bank.kind == "seq2seq" else "AutoModelForCausalLM"
+    depths = ", ".join(f"{k} {v}" for k, v in spec["depths"].items())
+    orig = ", ".join(f"{s} {d}" for s, d in zip(bank.stack_names, bank.depths))
+    metrics = spec.get("metrics") or {}
+    metric_lines = "\n".join(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                             for k, v in metrics.items())
+    measured = (f"\n## Measured\n\n| metric | value |\n|---|---|\n{metric_lines}\n" if metric_lines else
+                "\n## Measured\n\nNothing was measured at export time; see `modsearch eval`.\n")
+    prefix = (f"\nInputs were prefixed with `{spec['source_prefix']}` during training; add it to your inputs.\n"
+              if spec.get("source_prefix") else "")
+    note = f"\n## Generation note\n\n{generate_note}\n" if generate_note else ""
+    return f"""---
+library_name: transformers
+tags: [modsearch, modular-transformers, compressed]
+---
+
+# {arch['model_class']} assembled by modsearch
+
+This model was **assembled** from a layer bank: the original layers of a {arch['model_type']} model plus
+modular layers, each trained to do the work of several consecutive original layers (the method of *Modular
+Transformers*, Zhou, Le Bras and Choi, ACL Findings 2023). It is a plain `{arch['model_class']}`; loading it
+does not need modsearch.
+
+- **Plan**: `{spec['plan']}` (stacks separated by `/`, encoder first; `i` = original layer i, `i-j` = a module
+  covering layers i..j, `xi` = layer i dropped)
+- **Depth**: {depths} (original: {orig})
+- **Parameters**: {spec['params']:,} ({spec['params_ratio']:.1%} of the original)
+- **Bank checksum**: `{spec['bank_checksum']}`
+- **modsearch version**: {spec['modsearch_version']}
+{measured}
+## How to load
+
+```python
+from transformers import AutoTokenizer, {auto}
+
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory")
+model = {auto}.from_pretrained("path/to/this/directory")
+inputs = tokenizer(["..."], return_tensors="pt")
+print(tokenizer.batch_decode(model.generate(**inputs, max_new_tokens=64), skip_special_tokens=True))
+```
+{prefix}{note}
+`assembly.json` beside this card records the plan, the bank and every figure measured for it.
+"""
+
+
+def read_assembly(path: str) -> dict:
+    with open(os.path.join(path, "assembly.json"), encoding="utf-8") as f:
+        return json.load(f)
