@@ -11,6 +11,7 @@ import os
 import sys
 import textwrap
 
+from ._cli_cost import add_profile_parser
 from ._errors import UserError
 
 PROG = "modsearch"
@@ -236,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="directory to write")
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     s.set_defaults(func=cmd_export)
+
+    add_profile_parser(sub, fmt, _examples)
     return p
 
 

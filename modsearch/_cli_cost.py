@@ -1,0 +1,105 @@
+"""CLI wiring for cost: the ``profile`` verb, and the ``--target``/``--profile`` part of ``eval``.
+
+``eval`` itself lives in ``_cli_eval.py``; it calls :func:`add_cost_options` on its parser and
+:func:`eval_cost` with the parsed arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ._errors import UserError
+
+
+def add_cost_options(parser) -> None:
+    """The options ``eval`` takes for cost on a hardware target."""
+    parser.add_argument("--target", metavar="T",
+                        help="hardware target: a name in studies/targets/ or a TOML file; measures latency, "
+                             "FLOPs, memory")
+    parser.add_argument("--profile", metavar="P", help="latency profile JSON: also print the predicted latency")
+    parser.add_argument("--allow-foreign-profile", action="store_true",
+                        help="use a profile measured on another machine (its fingerprint differs)")
+    parser.add_argument("--no-latency", action="store_true", help="with --target: skip the latency measurement")
+
+
+def eval_cost(bank, plan, a, model=None, input_lengths=None) -> dict | None:
+    """Compute (and print unless ``a.json``) the cost part of ``eval``; ``None`` when no --target/--profile."""
+    from .cost import cost_report, format_cost_report
+    from .profile import LatencyProfile, predict
+
+    if not getattr(a, "target", None) and not getattr(a, "profile", None):
+        return None
+    out: dict = {}
+    if a.target:
+        out = cost_report(bank, plan, a.target, model=model, latency=not a.no_latency, input_lengths=input_lengths)
+    if a.profile:
+        prof = LatencyProfile.load(a.profile)
+        prof.check_bank(bank)
+        out["predicted_latency"] = predict(prof, bank.plan(plan), allow_foreign=a.allow_foreign_profile)
+        out["profile"] = {"path": a.profile, "target": prof.target_name}
+    if not getattr(a, "json", False):
+        if a.target:
+            print(format_cost_report(out))
+        if a.profile:
+            print(f"predicted   {out['predicted_latency'] * 1000:.2f} ms (profile {a.profile}, target "
+                  f"{out['profile']['target']})")
+    return out
+
+
+def cmd_profile(a) -> int:
+    from .bank import LayerBank
+    from .profile import LatencyProfile, build_profile, check_profile
+
+    bank = LayerBank.load(a.bank)
+    if a.check:
+        if not a.profile:
+            raise UserError("profile --check needs --profile P (the profile to check)")
+        prof = LatencyProfile.load(a.profile)
+        res = check_profile(bank, prof, n_plans=a.plans, seed=a.seed, progress=not a.quiet,
+                            allow_foreign=a.allow_foreign_profile)
+        if a.json:
+            print(json.dumps(res, indent=2))
+            return 0
+        print(f"{'plan':<34} {'predicted':>10} {'measured':>10} {'error':>7} {'cv':>6}")
+        for r in res["plans"]:
+            print(f"{r['plan']:<34} {r['predicted'] * 1000:>8.2f}ms {r['measured'] * 1000:>8.2f}ms "
+                  f"{r['error']:>+7.1%} {r['cv']:>6.1%}")
+        print(f"{len(res['plans'])} plans on {res['target']}: MAPE={res['mape']:.1%} max={res['max_error']:.1%} "
+              f"spearman={res['spearman']:.3f}")
+        return 0
+    if not a.target or not a.out:
+        raise UserError("profile needs --target T and --out FILE (or --check --profile P)")
+    if os.path.isdir(a.out):
+        raise UserError(f"--out {a.out} is a directory; give a file path such as profiles/T.json")
+    prof = build_profile(bank, a.target, progress=not a.quiet)
+    prof.save(a.out)
+    print(f"profile written to {a.out}: {len(prof.blocks)} blocks, overhead {prof.overhead * 1000:.2f} ms, "
+          f"teacher {prof.plans[0]['p50'] * 1000:.2f} ms measured on {prof.fingerprint['cpu_model']}")
+    return 0
+
+
+def add_profile_parser(sub, fmt, examples) -> None:
+    """Register ``modsearch profile`` on the CLI's subparsers."""
+    s = sub.add_parser(
+        "profile", help="measure a bank's per-block latency table on a target, or check its predictions",
+        formatter_class=fmt,
+        description="Measure, once, the latency of every distinct block of a bank on a hardware target, each in "
+                    "its stack context (encoder blocks at the target's input shape, decoder blocks per decode "
+                    "step with the KV cache), plus the fixed overhead. The profile predicts a plan's latency as "
+                    "overhead + sum of its blocks. With --check, measure random plans end to end and print the "
+                    "prediction error (MAPE, max error, Spearman rank correlation).",
+        epilog=examples("modsearch profile banks/bible-en-fr --target cpu-1t-b1 --out profiles/cpu-1t-b1.json\n"
+                        "modsearch profile --check banks/bible-en-fr --profile profiles/cpu-1t-b1.json --plans 30"))
+    s.add_argument("bank", help="a bank directory")
+    s.add_argument("--target", metavar="T", help="hardware target: a name in studies/targets/ or a TOML file")
+    s.add_argument("--out", metavar="FILE", help="profile JSON to write (atomically)")
+    s.add_argument("--check", action="store_true", help="check an existing --profile against measured plans")
+    s.add_argument("--profile", metavar="P", help="with --check: the profile to check")
+    s.add_argument("--plans", type=int, default=30, metavar="N", help="with --check: random plans (default 30)")
+    s.add_argument("--seed", type=int, default=0, help="with --check: seed of the random plans")
+    s.add_argument("--allow-foreign-profile", action="store_true",
+                   help="with --check: accept a profile measured on another machine")
+    s.add_argument("--json", action="store_true", help="with --check: print the results as JSON")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_profile)

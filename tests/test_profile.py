@@ -1,0 +1,139 @@
+"""Latency profiles: one measured table per (bank, target, machine) that predicts a plan's latency as
+overhead + sum of its blocks, refuses to be used on another machine or bank, and checks itself."""
+
+import json
+
+import pytest
+
+from modsearch import UserError
+from modsearch.cli import main
+from modsearch.plan import DROP
+from modsearch.profile import (
+    LatencyProfile, build_profile, check_profile, covering_plans, predict, prediction_errors, ranks,
+    run_interleaved, spearman,
+)
+from modsearch.target import Protocol
+
+FAST = {"name": "fast", "device": "cpu", "threads": 1, "input_length": 8, "output_length": 4,
+        "protocol": {"warmup": 1, "min_iterations": 2, "min_seconds": 0.0}}
+
+
+@pytest.fixture(scope="module")
+def profile(banks):
+    return build_profile(banks["m2m_100"], FAST, progress=False)
+
+
+def test_covering_plans_contain_every_block(banks):
+    bank = banks["m2m_100"]
+    plans = covering_plans(bank)
+    assert str(plans[0]) == str(bank.teacher_plan())
+    seen = {(s, b.start, b.end) for p in plans for s, blocks in zip(bank.stack_names, p.stacks) for b in blocks}
+    assert set(bank.modules) <= seen
+
+
+def test_profile_has_every_block_and_round_trips(profile, banks, tmp_path):
+    bank = banks["m2m_100"]
+    originals = {f"{s}:{i}" for s, d in zip(bank.stack_names, bank.depths) for i in range(d)}
+    modules = {f"{s}:{i}-{j}" for s, i, j in bank.modules}
+    assert set(profile.blocks) == originals | modules
+    assert all(v["seconds"] > 0 and v["calls"] >= 1 for v in profile.blocks.values())
+    assert profile.blocks["decoder:0"]["calls"] == 4 and profile.blocks["encoder:0"]["calls"] == 1
+    assert profile.bank_checksum == bank.checksum and profile.target["protocol"]["min_iterations"] == 2
+    path = profile.save(str(tmp_path / "p.json"))
+    again = LatencyProfile.load(path)
+    assert again.to_json() == profile.to_json()
+    assert json.load(open(path))["fingerprint"]["cpu_model"] == profile.fingerprint["cpu_model"]
+
+
+def test_predict_is_overhead_plus_blocks(profile, banks):
+    plan = banks["m2m_100"].plan("0-1,2,x3,4-5/0,1-3,x4,5")
+    kept = [f"{s}:{b}" for s, blocks in zip(profile.stacks, plan.stacks) for b in blocks if b.kind != DROP]
+    expected = profile.overhead + sum(profile.blocks[k]["seconds"] for k in kept)
+    assert predict(profile, plan) == pytest.approx(expected)
+    assert predict(profile, str(plan)) == pytest.approx(expected)
+    assert predict(profile, "0,1,2,3,4,5/x0,x1,x2,x3,x4,5") < predict(profile, "0,1,2,3,4,5/0,1,2,3,4,5")
+
+
+def test_foreign_profile_is_refused_unless_allowed(profile):
+    foreign = LatencyProfile(**{**profile.__dict__, "fingerprint": profile.fingerprint | {"cpu_model": "Elsewhere"}})
+    with pytest.raises(UserError, match="another machine .*cpu_model"):
+        predict(foreign, "0,1,2,3,4,5/0,1,2,3,4,5")
+    assert predict(foreign, "0,1,2,3,4,5/0,1,2,3,4,5", allow_foreign=True) > 0
+
+
+def test_profile_of_another_bank_is_refused(profile, banks):
+    with pytest.raises(UserError, match="another bank"):
+        check_profile(banks["bart"], profile, n_plans=2, progress=False)
+    with pytest.raises(UserError, match="has 1 stack"):
+        predict(profile, "0,1,2,3,4,5")
+
+
+def test_check_profile_reports_errors(profile, banks):
+    res = check_profile(banks["m2m_100"], profile, n_plans=3, seed=1, progress=False)
+    assert len(res["plans"]) == 3 and res["mape"] >= 0 and res["max_error"] >= res["mape"]
+    for r in res["plans"]:
+        assert r["error"] == pytest.approx((r["predicted"] - r["measured"]) / r["measured"])
+
+
+def test_error_statistics():
+    assert ranks([10, 30, 20, 20]) == [1, 4, 2.5, 2.5]
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    e = prediction_errors([1.1, 1.8], [1.0, 2.0])
+    assert e["mape"] == pytest.approx(0.1) and e["max_error"] == pytest.approx(0.1)
+
+
+def test_interleaved_rounds_with_a_fake_clock():
+    now = {"t": 0.0}
+    order = []
+
+    def step(name, d):
+        def run():
+            order.append(name)
+            now["t"] += d
+        return run
+
+    rounds = run_interleaved([step("a", 0.25), step("b", 0.25)], Protocol(warmup=1, min_iterations=2, min_seconds=1.0),
+                             clock=lambda: now["t"])
+    # 1 s per plan = 2 s in all at 0.5 s per round: 4 rounds (more than min_iterations), after 1 warm-up round.
+    assert rounds == 4 and order == ["a", "b"] * 5
+
+
+def _run_cli(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_profile_and_check(banks, tmp_path, capsys):
+    bank = banks["m2m_100"].path
+    target = tmp_path / "fast.toml"
+    target.write_text('device = "cpu"\nthreads = 1\ninput_length = 8\noutput_length = 4\n'
+                      '[protocol]\nwarmup = 0\nmin_iterations = 2\nmin_seconds = 0.0\n')
+    out_file = tmp_path / "profiles" / "fast.json"
+    code, out, _ = _run_cli(["profile", bank, "--target", str(target), "--out", str(out_file), "--quiet"], capsys)
+    assert code == 0 and out_file.exists() and "profile written" in out
+    code, out, _ = _run_cli(["profile", "--check", bank, "--profile", str(out_file), "--plans", "2", "--quiet"],
+                            capsys)
+    assert code == 0 and "MAPE=" in out.splitlines()[-1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["profile", "BANK", "--target", "cuda-bf16-b1", "--out", "OUT"], "CUDA is not available"),
+    (["profile", "BANK", "--target", "no-such-target", "--out", "OUT"], "unknown target"),
+    (["profile", "BANK", "--out", "OUT"], "needs --target"),
+    (["profile", "--check", "BANK", "--profile", "MISSING"], "not found"),
+    (["profile", "--check", "BANK", "--profile", "BROKEN"], "not valid JSON"),
+])
+def test_cli_bad_target_or_profile_is_one_line_exit_2(banks, tmp_path, capsys, argv, message):
+    import torch
+
+    if "cuda-bf16-b1" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    subst = {"BANK": banks["m2m_100"].path, "OUT": str(tmp_path / "out.json"), "MISSING": str(tmp_path / "no.json"),
+             "BROKEN": str(broken)}
+    code, out, err = _run_cli([subst.get(a, a) for a in argv], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.json").exists()
