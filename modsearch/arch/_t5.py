@@ -24,6 +24,9 @@ class T5Adapter(ArchitectureAdapter):
     stack_paths = {"encoder": "encoder.block", "decoder": "decoder.block"}
     depth_fields = {"encoder": ("num_layers",), "decoder": ("num_decoder_layers",)}
 
+    def self_attention(self, layer: nn.Module) -> nn.Module:
+        return layer.layer[0].SelfAttention
+
     def stack_private_keys(self, stack: str) -> tuple[str, ...]:
         return (_BIAS,)
 

@@ -94,7 +94,8 @@ def run(out: str = "banks/bible-en-fr", data_dir: str = "data/bible-en-fr", teac
         return teacher_dir
     from ._bank_stage import build_bank
 
-    return build_bank(out, work, teacher_dir, train, dev, hashes, recipe, bank_steps=bank_steps, log=log)
+    return build_bank(out, work, teacher_dir, os.path.join(data_dir, "dev.jsonl"), hashes, recipe,
+                      bank_steps=bank_steps, log=log)
 
 
 if __name__ == "__main__":  # pragma: no cover - the CLI is `modsearch recipe bible-en-fr`
