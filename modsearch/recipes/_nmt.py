@@ -162,17 +162,24 @@ def greedy_translate(model, tokenizer, sources: list[str], batch_size: int = 64,
     return out
 
 
-def _save_optimizer(opt: torch.optim.Optimizer, names: dict[int, str], path: str) -> None:
-    tensors = {}
+def _save_optimizer(opt: torch.optim.Optimizer, names: dict[int, str], directory: str) -> None:
+    """One safetensors file per kind of state (exp_avg, exp_avg_sq, step), so that no file nears the 100 MB
+    that git hosts accept per file: the recipe's checkpoints are committed between sessions."""
+    by_kind: dict[str, dict[str, torch.Tensor]] = {}
     for p, st in opt.state.items():
         name = names[id(p)]
         for k, v in st.items():
-            tensors[f"{name}::{k}"] = v.detach().clone().contiguous() if torch.is_tensor(v) else torch.tensor(v)
-    save_file(tensors, path)
+            t = v.detach().clone().contiguous() if torch.is_tensor(v) else torch.tensor(v)
+            by_kind.setdefault(k, {})[f"{name}::{k}"] = t
+    for kind, tensors in by_kind.items():
+        save_file(tensors, os.path.join(directory, f"optimizer.{kind}.safetensors"))
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, params: list[tuple[str, torch.nn.Parameter]], path: str) -> None:
-    tensors = load_file(path)
+def _load_optimizer(opt: torch.optim.Optimizer, params: list[tuple[str, torch.nn.Parameter]], directory: str) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    for f in sorted(os.listdir(directory)):
+        if f.startswith("optimizer") and f.endswith(".safetensors"):  # optimizer.safetensors or optimizer.<kind>.*
+            tensors.update(load_file(os.path.join(directory, f)))
     sd = opt.state_dict()
     state = {}
     for i, (name, _) in enumerate(params):
@@ -203,7 +210,7 @@ def train_teacher(work: str, train_pairs, dev_pairs, tokenizer, recipe: TeacherR
              "recipe": asdict(recipe)}
     if os.path.exists(os.path.join(ckpt, "state.json")):
         load_model(model, os.path.join(ckpt, "model.safetensors"))
-        _load_optimizer(opt, params, os.path.join(ckpt, "optimizer.safetensors"))
+        _load_optimizer(opt, params, ckpt)
         with open(os.path.join(ckpt, "state.json")) as f:
             state = json.load(f)
         log(f"resumed teacher at step {state['step']} ({state['elapsed_s'] / 60:.1f} min trained)")
@@ -219,7 +226,7 @@ def train_teacher(work: str, train_pairs, dev_pairs, tokenizer, recipe: TeacherR
     def checkpoint():
         with atomic_dir(ckpt, overwrite=True) as tmp:
             save_model(model, os.path.join(tmp, "model.safetensors"))
-            _save_optimizer(opt, names, os.path.join(tmp, "optimizer.safetensors"))
+            _save_optimizer(opt, names, tmp)
             write_json(os.path.join(tmp, "state.json"), state)
 
     budget = recipe.minutes * 60
