@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 from ._cli_cost import add_profile_parser
+from ._cli_eval import add_eval_parser
 from ._errors import UserError
 
 PROG = "modsearch"
@@ -313,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print plans as JSON")
     s.set_defaults(func=cmd_plans)
 
+    add_eval_parser(sub, fmt, _examples)
 
     s = sub.add_parser("export", help="write a plan as a standalone Hugging Face model", formatter_class=fmt,
                        description="Assemble a plan and write it as a plain HF model directory with tokenizer, "
