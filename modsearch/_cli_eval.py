@@ -58,11 +58,10 @@ def add_eval_parser(sub, fmt, examples) -> None:
     s.add_argument("--batch-size", type=int, default=32, metavar="N", help="examples per batch (default 32)")
     s.add_argument("--save-predictions", metavar="FILE",
                    help="write one JSON line per example (id, source, reference, hypothesis, loss)")
-    # -- hardware cost: WIRE-IN POINT -----------------------------------------------------------------------
-    # `--target TARGET` belongs here (hardware cost is another part of issue 3). cmd_eval then calls
-    # modsearch.cost.cost_report(bank, plan, target, input_lengths=<the dev set's source lengths in tokens>)
-    # and prints/merges it beside the quality scores. Don't pass the scored model as `model=`: cost_report moves
-    # it to the target's device and dtype in place.
+    # Hardware cost on a target (FLOPs, memory, measured latency) and a profile's predicted latency.
+    from ._cli_cost import add_cost_options
+
+    add_cost_options(s)
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.set_defaults(func=cmd_eval)
 
@@ -82,20 +81,42 @@ def cmd_eval(a) -> int:
     # Cheap checks first: the bank manifest and the plan, then the data; weights load only after.
     bank = LayerBank.load(a.bank)
     plan = bank.plan(a.plan) if a.plan else bank.teacher_plan()
+    if a.target:
+        from .target import HardwareTarget
+
+        HardwareTarget.resolve(a.target).check_available()  # refuse an impossible target before any work
+    if a.profile:
+        from .profile import LatencyProfile
+
+        LatencyProfile.load(a.profile).check_bank(bank)
     devset = task.load_devset(a.data, limit=a.limit)
     task.load_metrics()
     result = score_plan(bank, plan, devset, task, return_predictions=bool(a.save_predictions))
-
-    # -- hardware cost: WIRE-IN POINT (see add_eval_parser): cost = cost_report(bank, plan, a.target) -------
     described = bank.describe_plan(plan)
     if a.save_predictions:
         rows = prediction_rows(devset, result)
         write_text(a.save_predictions, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    cost = None
+    if a.target or a.profile:
+        from ._cli_cost import eval_cost
+
+        prefix = task.source_prefix if task.source_prefix is not None else bank.source_prefix
+        lengths = [len(ids) for ids in bank.tokenizer([prefix + s for s in devset.sources])["input_ids"]]
+        if not a.json:
+            _print_quality(a, task, devset, described, result)
+        cost = eval_cost(bank, plan, a, input_lengths=lengths)
     if a.json:
         print(json.dumps({**described, "data": {"path": a.data, "examples": len(devset),
                                                 "content_hash": devset.content_hash, "fields": devset.fields},
-                          "task": task.to_json(), **result.to_json()}, indent=2))
+                          "task": task.to_json(), **result.to_json(), **({"cost": cost} if cost else {})},
+                         indent=2, default=str))
         return 0
+    if cost is None:
+        _print_quality(a, task, devset, described, result)
+    return 0
+
+
+def _print_quality(a, task, devset, described, result) -> None:
     gen = (f"beam {task.num_beams}" if task.num_beams > 1 else "greedy") + f", max {task.max_new_tokens} new tokens"
     print(f"plan       {described['plan']}  ({described['params']:,} parameters, "
           f"{described['params_ratio']:.1%} of the original)")
@@ -111,7 +132,6 @@ def cmd_eval(a) -> int:
     print(f"{'wall time':<{width}} {result.wall_time:.2f} s" + (f" ({parts})" if parts else ""))
     if a.save_predictions:
         print(f"predictions written to {a.save_predictions}")
-    return 0
 
 
 def _check_writable(path: str) -> None:
