@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 from ._cli_cost import add_profile_parser
+from ._cli_search import add_search_parser
 from ._cli_eval import add_eval_parser
 from ._errors import UserError
 
@@ -327,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_export)
 
     add_profile_parser(sub, fmt, _examples)
+    add_search_parser(sub, fmt, _examples)
     return p
 
 
