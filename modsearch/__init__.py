@@ -1,6 +1,7 @@
 """modsearch: compress a transformer by assembling it from a layer bank, searched with multi-objective Optuna.
 
-The package follows the data path: ``bank`` → ``plan`` → ``assemble`` → score → search → report/export.
+The package follows the data path: ``bank`` → ``plan`` → ``assemble`` → score (``score`` for quality on a dev
+set, ``cost`` on a hardware ``target``, ``profile`` for predicted latency) → ``search`` → report / ``export``.
 
 >>> from modsearch import LayerBank, assemble, export_model           # doctest: +SKIP
 >>> bank = LayerBank.load("banks/bible-en-fr")                        # doctest: +SKIP
@@ -9,18 +10,50 @@ The package follows the data path: ``bank`` → ``plan`` → ``assemble`` → sc
 
 from ._errors import UserError
 from ._version import __version__
-from .assemble import assemble
-from .bank import LayerBank
-from .export import export_model
-from .plan import AssemblyPlan, Block, PlanSpace
+
+# Public names load on first use (PEP 562), so that `modsearch --help` and light imports do not pay for torch
+# and transformers.
+_EXPORTS = {
+    "assemble": ".assemble", "LayerBank": ".bank", "cost_report": ".cost", "DevSet": ".data",
+    "export_model": ".export", "AssemblyPlan": ".plan", "Block": ".plan", "PlanSpace": ".plan",
+    "LatencyProfile": ".profile", "predict": ".profile", "QualityResult": ".score", "QualityTask": ".score",
+    "score_plan": ".score", "score_quality": ".score", "HardwareTarget": ".target", "TrainConfig": ".train",
+    "train_bank": ".train",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'modsearch' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)
+
 
 __all__ = [
     "AssemblyPlan",
     "Block",
+    "DevSet",
+    "HardwareTarget",
+    "LatencyProfile",
     "LayerBank",
     "PlanSpace",
+    "QualityResult",
+    "QualityTask",
+    "TrainConfig",
     "UserError",
     "__version__",
     "assemble",
+    "cost_report",
     "export_model",
+    "predict",
+    "score_plan",
+    "score_quality",
+    "train_bank",
 ]
