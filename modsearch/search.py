@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,9 +40,9 @@ from ._io import write_json, write_text
 from .genome import PlanGenome
 from .plan import DROP, LAYER, MODULE, AssemblyPlan, Block, PlanSpace
 
-__all__ = ["EvaluationCache", "PlanEvaluator", "SearchResult", "evaluate_plan", "format_frontier", "frontier_rows",
-           "hypervolume", "make_sampler", "pareto_front", "run_search", "seed_plans", "trials_frame",
-           "export_trials"]
+__all__ = ["EvaluationCache", "PlanEvaluator", "SearchResult", "evaluate_plan", "fail_dead_trials", "format_frontier",
+           "frontier_rows", "hypervolume", "make_sampler", "pareto_front", "run_search", "seed_plans", "trials_frame",
+           "export_trials", "worker_id"]
 
 #: Bump when a change to scoring or costing makes stored evaluations stale.
 CACHE_VERSION = 1
@@ -92,6 +93,42 @@ class EvaluationCache:
         digest = self.digest(kind, parts)
         write_json(self._path(kind, digest), {"digest": digest, "kind": kind, "version": CACHE_VERSION,
                                               "key": parts, "value": value})
+
+    @contextlib.contextmanager
+    def lock(self, kind: str, parts: dict):
+        """Hold an exclusive lock on one key across processes (``flock``; the lock dies with its process).
+
+        Workers sharing the cache take it around an evaluation, then read the cache again: a worker that asks
+        for a plan another one is evaluating waits for its result instead of evaluating it a second time, and
+        two workers never write different results (say, two latency measurements) for one key."""
+        import fcntl
+
+        digest = self.digest(kind, parts)
+        path = os.path.join(self.root, "locks", digest[:2], f"{digest}.lock")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def log(self, event: str, kind: str, plan: str) -> None:
+        """Append one line to ``evaluations/log.jsonl``: which process started or finished evaluating what
+        (an audit trail of the real work; single ``O_APPEND`` writes of one short line do not interleave)."""
+        line = json.dumps({"time": time.time(), "worker": worker_id(), "event": event, "kind": kind,
+                           "plan": plan}) + "\n"
+        os.makedirs(self.root, exist_ok=True)
+        fd = os.open(os.path.join(self.root, "log.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode("utf-8"))
+        finally:
+            os.close(fd)
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process, recorded on each trial it runs (a dead local worker is recognised by it)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 # -- evaluating one plan ---------------------------------------------------------------------------------------
@@ -155,6 +192,17 @@ class PlanEvaluator:
         """All metrics of ``plan`` as a flat JSON-ready dict (see :func:`evaluate_plan`)."""
         plan = self.bank.plan(plan)
         t0 = time.perf_counter()
+        if self.cache is None:
+            return self._evaluate(plan, t0)
+        out = self._evaluate(plan, t0, lookup_only=True)
+        if out is not None:
+            return out
+        # A miss: evaluate under the plan's lock, after reading the cache again (another worker may have
+        # finished this plan while we waited for the lock).
+        with self.cache.lock("plan", self._base | {"plan": str(plan)}):
+            return self._evaluate(plan, t0)
+
+    def _evaluate(self, plan: AssemblyPlan, t0: float, lookup_only: bool = False) -> dict | None:
         quality = self._cached("quality", self.quality_key(plan))
         need_latency = self.measure_latency
         cost = None
@@ -163,6 +211,11 @@ class PlanEvaluator:
             if cost is None and not need_latency:  # an entry with latency serves a request without it
                 cost = self._cached("cost", self.cost_key(plan, True))
         cached = quality is not None and (cost is not None or self.target is None)
+        if lookup_only and not cached:
+            return None
+        if not cached and self.cache:
+            self.cache.log("start", "plan", str(plan))
+            _test_delay()
         model = None
         if quality is None:
             model = self._assemble(plan)
@@ -178,6 +231,8 @@ class PlanEvaluator:
                 self.cache.put("cost", self.cost_key(plan, need_latency), cost)
         if cached:
             self.counts["cached"] += 1
+        elif self.cache:
+            self.cache.log("done", "plan", str(plan))
         described = self.bank.describe_plan(plan)
         out = {"plan": str(plan), "depths": described["depths"], "quality": quality["value"],
                "scores": quality["scores"], "greater_is_better": quality["greater_is_better"],
@@ -242,6 +297,14 @@ class PlanEvaluator:
             out["latency_n"] = lat["n"]
         out["timings"] = {"cost_s": time.perf_counter() - t}
         return out
+
+
+def _test_delay() -> None:
+    # Test instrumentation only: MODSEARCH_TEST_EVAL_DELAY=SECONDS makes every real evaluation that long, so the
+    # kill tests can catch a worker mid-trial on a tiny bank. Unset in normal use.
+    delay = os.environ.get("MODSEARCH_TEST_EVAL_DELAY")
+    if delay:
+        time.sleep(float(delay))
 
 
 def evaluate_plan(bank, plan, devset, task, target=None, *, measure_latency: bool = False, profile=None,
@@ -490,12 +553,20 @@ def _stored_identity(cfg, bank, devset, task, target, genome) -> dict:
 
 
 def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = print,
-               callbacks: Sequence[Callable] = ()) -> SearchResult:
+               callbacks: Sequence[Callable] = (), *, storage=None, optimize: Callable | None = None,
+               on_ready: Callable | None = None) -> SearchResult:
     """Run the study ``cfg`` describes, or continue it: it stops at ``n_trials`` finished trials in the study
     (not in this run), or after ``timeout`` seconds of this run, or at Ctrl-C (the trial under way is marked
     failed; every completed one is kept).
 
+    Trials left RUNNING by a process of this host that no longer exists (killed mid-trial) are failed and
+    queued again with the same plan before the study continues.
+
     Writes ``trials.csv`` and ``trials.parquet`` to ``cfg.output`` and returns a :class:`SearchResult`.
+
+    Hooks for :mod:`modsearch.worker`: ``storage`` (an Optuna storage object used instead of ``cfg.storage``),
+    ``on_ready()`` (called once the study exists and its seeds are queued) and ``optimize(study, objective,
+    n_trials, timeout, callbacks)`` (runs the trials instead of ``study.optimize``).
     """
     import optuna
 
@@ -530,8 +601,8 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
                             f"(it computes {', '.join(sorted(teacher))})")
     directions = ["maximize" if maximize else "minimize"] + ["minimize"] * (len(cfg.objectives) - 1)
 
-    os.makedirs(cfg.output, exist_ok=True)
-    storage = _storage(cfg.storage)
+    storage = storage if storage is not None else _storage(cfg.storage)
+    os.makedirs(cfg.output, exist_ok=True)  # after the storage opened: a bad URL leaves nothing behind
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -543,6 +614,9 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
         identity = _stored_identity(cfg, bank, devset, task, target, genome)
         if existing:
             _check_same_study(study, cfg, directions, identity)
+            n_dead = fail_dead_trials(study)
+            if n_dead:
+                say(f"failed {n_dead} trial(s) left running by a killed process; queued again with the same plan")
         n_before = len(study.trials) if existing else 0
         sampler = make_sampler(cfg.sampler, cfg.sampler_settings, seed=cfg.seed + n_before)
         study = optuna.create_study(study_name=cfg.name, storage=storage, directions=directions, sampler=sampler,
@@ -576,14 +650,19 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
             say(f"enqueued {n_seeded} baseline plan(s) ({', '.join(sorted({s for _, s in seeds}))})")
         if existing:
             say(f"continuing study {cfg.name}: {finished} finished trial(s) so far")
+        if on_ready is not None:
+            on_ready()
 
         objective = _objective(cfg, evaluator, genome, teacher, maximize)
         bar = _ProgressBar(study, remaining, teacher, cfg.objectives, maximize, enabled=progress)
         interrupted = False
         if remaining != 0:
             try:
-                study.optimize(objective, n_trials=remaining, timeout=cfg.timeout,
-                               callbacks=[bar.update, *callbacks], gc_after_trial=False)
+                if optimize is not None:
+                    optimize(study, objective, remaining, cfg.timeout, [bar.update, *callbacks])
+                else:
+                    study.optimize(objective, n_trials=remaining, timeout=cfg.timeout,
+                                   callbacks=[bar.update, *callbacks], gc_after_trial=False)
             except KeyboardInterrupt:
                 interrupted = True
             finally:
@@ -607,6 +686,7 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
 
 def _objective(cfg, evaluator: PlanEvaluator, genome: PlanGenome, teacher: dict, maximize: bool):
     def objective(trial):
+        trial.set_user_attr("worker", worker_id())  # before the work: a dead worker's trial is recognisable
         plan = genome.suggest(trial)
         rec = evaluator.evaluate(plan)
         m = _metrics(rec, teacher)
@@ -628,7 +708,58 @@ def _objective(cfg, evaluator: PlanEvaluator, genome: PlanGenome, teacher: dict,
         trial.set_user_attr("feasible", feasible)
         return [m[o] for o in cfg.objectives]
 
+    objective.evaluator = evaluator
     return objective
+
+
+def fail_dead_trials(study, max_retry: int | None = 3) -> int:
+    """Fail the study's RUNNING trials whose worker ran on this host and is gone (SIGKILL, OOM, power), and
+    queue each again with the same parameters (so the same plan) as Optuna's heartbeat retry does. Returns how
+    many were failed. Trials of other hosts are left to the RDB heartbeat (see :mod:`modsearch.worker`)."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    host = socket.gethostname()
+    retry = None
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        who = t.user_attrs.get("worker", "")
+        w_host, _, pid = who.rpartition(":")
+        if w_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            if not study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process failed it first, and queued the retry
+        if retry is None:
+            with _quiet_warnings():  # "experimental" since Optuna 2.8
+                retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        with _quiet_warnings():
+            retry(study, study._storage.get_trial(t._trial_id))
+        n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def storage_url(url: str) -> str:
+    """``url`` with a PostgreSQL driver that is installed: SQLAlchemy 2.1 reads a bare ``postgresql://`` as
+    psycopg 3, while ``modsearch[postgres]`` installs psycopg2."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
 
 
 def _storage(url: str):
@@ -639,7 +770,7 @@ def _storage(url: str):
         if path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
     try:
-        return optuna.storages.RDBStorage(url) if "://" in url else url
+        return optuna.storages.RDBStorage(storage_url(url)) if "://" in url else url
     except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
         raise UserError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
 
