@@ -12,8 +12,8 @@ import sys
 import textwrap
 
 from ._cli_cost import add_profile_parser
+from ._cli_report import add_report_parser
 from ._cli_search import add_search_parser
-from ._cli_worker import add_worker_parser
 from ._cli_eval import add_eval_parser
 from ._errors import UserError
 
@@ -178,10 +178,18 @@ def _take(it, n):
 # -- export ------------------------------------------------------------------------------------------------
 def cmd_export(a) -> int:
     from .bank import LayerBank
-    from .export import export_model
+    from .export import export_model, export_study_point
 
+    if a.trial is not None or a.pick is not None or a.storage or not os.path.isdir(a.source):
+        out, info = export_study_point(a.source, a.out, trial=a.trial, pick=a.pick, plan=a.plan, storage=a.storage,
+                                       study_name=a.study_name, overwrite=a.overwrite)
+        m = info["metrics"]
+        where = f"trial {info['trial']} of study {info['study']['name']}" if info["trial"] is not None else "plan"
+        print(f"exported {where} to {out}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()
+                                                            if k in ("quality", "params_ratio", "speedup", "latency_ms")))
+        return 0
     if a.plan is None:
-        raise UserError("give --plan PLAN (exporting a study's trial comes with 'modsearch search')")
+        raise UserError("give --plan PLAN, or a study TOML with --trial N or --pick CONDITION")
     bank = LayerBank.load(a.source)
     out = export_model(bank, a.plan, a.out, overwrite=a.overwrite)
     d = bank.describe_plan(bank.plan(a.plan))
@@ -321,16 +329,23 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="write a plan as a standalone Hugging Face model", formatter_class=fmt,
                        description="Assemble a plan and write it as a plain HF model directory with tokenizer, "
                                    "assembly.json (plan, bank checksum, modsearch version) and a model card.",
-                       epilog=_examples("modsearch export banks/bible-en-fr --plan 0-1,2-3,4-5/0-1,2-3,4-5 --out exports/half"))
-    s.add_argument("source", help="a bank directory")
+                       epilog=_examples("modsearch export banks/bible-en-fr --plan 0-1,2-3,4-5/0-1,2-3,4-5 --out exports/half\n"
+                                        "modsearch export studies/bible-en-fr.toml --trial 17 --out exports/t17\n"
+                                        "modsearch export studies/bible-en-fr.toml --pick 'latency_ms <= 40' --out exports/fast"))
+    s.add_argument("source", help="a bank directory, or a study TOML (with --trial or --pick)")
     s.add_argument("--plan", help="the plan to export, in plan notation")
+    s.add_argument("--trial", type=int, metavar="N", help="export trial N of the study")
+    s.add_argument("--pick", metavar="EXPR", help="export the best-quality feasible trial meeting EXPR, "
+                                                  "e.g. 'latency_ms <= 40' or 'params_ratio <= 0.6, speedup >= 2'")
+    s.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the study file's)")
+    s.add_argument("--study-name", metavar="NAME", help="study name (default: the study file's)")
     s.add_argument("--out", required=True, help="directory to write")
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     s.set_defaults(func=cmd_export)
 
     add_profile_parser(sub, fmt, _examples)
     add_search_parser(sub, fmt, _examples)
-    add_worker_parser(sub, fmt, _examples)
+    add_report_parser(sub, fmt, _examples)
     return p
 
 

@@ -80,6 +80,7 @@ def model_card(bank: LayerBank, plan: AssemblyPlan, spec: dict, generate_note: s
     prefix = (f"\nInputs were prefixed with `{spec['source_prefix']}` during training; add it to your inputs.\n"
               if spec.get("source_prefix") else "")
     note = f"\n## Generation note\n\n{generate_note}\n" if generate_note else ""
+    measured += _study_card_section(spec)
     return f"""---
 library_name: transformers
 tags: [modsearch, modular-transformers, compressed]
@@ -114,6 +115,94 @@ print(tokenizer.batch_decode(model.generate(**inputs, max_new_tokens=64), skip_s
 """
 
 
+def _study_card_section(spec: dict) -> str:
+    """Where the point comes from, when it was exported from a study."""
+    study = spec.get("study")
+    if not study:
+        return ""
+    target = (spec.get("target") or {}).get("name", "?")
+    task = study.get("task") or {}
+    m, t = spec.get("metrics") or {}, spec.get("teacher") or {}
+    lines = [f"- **Study**: `{study['name']}`, trial {spec.get('trial')} ({spec.get('strategy')})"
+             + (f", picked by `{spec['picked_by']}`" if spec.get("picked_by") else ""),
+             f"- **Hardware target**: `{target}`",
+             f"- **Dev data**: `{study.get('dev_data')}` (content hash `{str(study.get('data_hash'))[:16]}`), "
+             f"task {task.get('task', '?')}, metric {task.get('metric', '?')}, num_beams "
+             f"{task.get('num_beams', 1)}, at most {task.get('max_new_tokens', '?')} new tokens"]
+    if isinstance(m.get("quality"), (int, float)) and isinstance(t.get("quality"), (int, float)) and t["quality"]:
+        lines.append(f"- **Quality**: {m['quality']:.4g} against the teacher's {t['quality']:.4g} "
+                     f"({(m['quality'] - t['quality']) / abs(t['quality']):+.1%})")
+    if isinstance(m.get("speedup"), (int, float)):
+        lines.append(f"- **Speed-up** over the teacher: {m['speedup']:.2f}x (basis: {spec.get('speedup_basis') or '?'})")
+    return "\n## Where it comes from\n\n" + "\n".join(lines) + "\n"
+
+
 def read_assembly(path: str) -> dict:
     with open(os.path.join(path, "assembly.json"), encoding="utf-8") as f:
         return json.load(f)
+
+
+# -- a study's point -------------------------------------------------------------------------------------------
+def _redact(url: str) -> str:
+    """A storage URL without its password (the export's files may be shared)."""
+    import re
+
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def export_study_point(source: str, out: str, *, trial: int | None = None, pick: str | None = None,
+                       plan: str | None = None, storage: str | None = None, study_name: str | None = None,
+                       overwrite: bool = False) -> tuple[str, dict]:
+    """Export one point of a study: trial number ``trial``, the best-quality trial that meets ``pick`` (such
+    as ``"latency_ms <= 40"``), or ``plan`` (its metrics are recorded when a trial evaluated it).
+
+    ``source`` is the study TOML (its bank, storage and name; ``storage``/``study_name`` override them) or a
+    bank directory together with ``storage`` and ``study_name``. The bank must be the one the study searched
+    (same checksum). ``assembly.json`` records the plan, the bank checksum, the study, the trial, the target and
+    every metric measured for it. Returns ``(out, the trial's metrics)``.
+    """
+    from .results import open_results
+
+    if sum(x is not None for x in (trial, pick, plan)) != 1:
+        raise UserError("give exactly one of --trial N, --pick CONDITION or --plan PLAN")
+    if os.path.isdir(source):
+        if not storage or not study_name:
+            raise UserError(f"{source} is a bank directory: with --trial/--pick give --storage URL and "
+                            "--study-name NAME too (or give the study TOML instead)")
+        res = open_results(storage=storage, study_name=study_name)
+        bank_path = source
+    else:
+        from .study import StudyConfig
+
+        cfg = StudyConfig.load(source).override(storage=storage, study_name=study_name)
+        res = open_results(source, storage=storage, study_name=study_name)
+        bank_path = cfg.bank
+    if os.path.exists(out) and not overwrite:  # before any slow work
+        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+    if trial is not None:
+        rec = res.trial(trial)
+    elif pick is not None:
+        rec = res.pick(pick)
+    else:
+        rec = next((t for t in res.trials if t.plan == str(LayerBank.load(bank_path).plan(plan))), None)
+    bank = LayerBank.load(bank_path)
+    if res.bank_checksum and bank.checksum != res.bank_checksum:
+        raise UserError(f"bank {bank_path} (checksum {bank.checksum[:12]}) is not the bank study {res.name!r} "
+                        f"searched (checksum {res.bank_checksum[:12]}); its trials' figures would not apply")
+    chosen = rec.plan if rec is not None else plan
+    info = {
+        "study": {"name": res.name, "storage": _redact(res.storage), "source": os.path.abspath(source)
+                  if res.source else None, "objectives": res.objectives,
+                  "constraints": res.identity.get("constraints", []), "data_hash": res.identity.get("data_hash"),
+                  "dev_data": res.config.get("data_path"), "task": res.identity.get("task")},
+        "trial": rec.number if rec is not None else None,
+        "strategy": rec.strategy if rec is not None else None,
+        "picked_by": pick,
+        "target": res.identity.get("target"),
+        "feasible": rec.feasible if rec is not None else None,
+        "speedup_basis": rec.speedup_basis if rec is not None else None,
+        "metrics": dict(rec.metrics) if rec is not None else {},
+        "teacher": dict(res.teacher),
+    }
+    export_model(bank, chosen, out, overwrite=overwrite, info=info)
+    return out, info
