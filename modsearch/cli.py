@@ -14,6 +14,7 @@ import textwrap
 from ._cli_cost import add_profile_parser
 from ._cli_report import add_report_parser
 from ._cli_search import add_search_parser
+from ._cli_worker import add_worker_parser
 from ._cli_eval import add_eval_parser
 from ._errors import UserError
 
@@ -346,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_profile_parser(sub, fmt, _examples)
     add_search_parser(sub, fmt, _examples)
     add_report_parser(sub, fmt, _examples)
+    add_worker_parser(sub, fmt, _examples)
     return p
 
 
