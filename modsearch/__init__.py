@@ -14,7 +14,7 @@ from ._version import __version__
 # Public names load on first use (PEP 562), so that `modsearch --help` and light imports do not pay for torch
 # and transformers.
 _EXPORTS = {
-    "assemble": ".assemble", "LayerBank": ".bank", "cost_report": ".cost", "DevSet": ".data",
+    "assemble": ".assembly", "LayerBank": ".bank", "cost_report": ".cost", "DevSet": ".data",
     "export_model": ".export", "AssemblyPlan": ".plan", "Block": ".plan", "PlanSpace": ".plan",
     "LatencyProfile": ".profile", "predict": ".profile", "QualityResult": ".score", "QualityTask": ".score",
     "score_plan": ".score", "score_quality": ".score", "HardwareTarget": ".target", "TrainConfig": ".train",

@@ -333,7 +333,7 @@ def cost_report(bank, plan: str | AssemblyPlan, target: str | dict | HardwareTar
     ``input_lengths`` are the dev set's input lengths in tokens, needed when the target says
     ``input_length = "dev"``.
     """
-    from .assemble import assemble
+    from .assembly import assemble
 
     target = HardwareTarget.resolve(target)
     if input_lengths is not None:

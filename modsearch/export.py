@@ -17,7 +17,7 @@ import os
 from ._errors import UserError
 from ._io import atomic_dir, write_json, write_text
 from ._version import __version__
-from .assemble import assemble
+from .assembly import assemble
 from .bank import LayerBank
 from .plan import AssemblyPlan
 

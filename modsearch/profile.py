@@ -220,7 +220,7 @@ class _PlanTiming:
     """One plan assembled on the target, with every layer call timed in place; :meth:`step` runs it once."""
 
     def __init__(self, bank, plan: AssemblyPlan, target: HardwareTarget, clock: Clock, seed: int = 0):
-        from .assemble import assemble
+        from .assembly import assemble
 
         self.plan, self.target, self.clock = plan, target, clock
         model, inputs = prepare(assemble(bank, plan), target, seed)
@@ -384,7 +384,7 @@ def check_profile(bank, profile: LatencyProfile, n_plans: int = 30, seed: int = 
     Returns ``{"mape", "max_error", "spearman", "plans": [{"plan", "predicted", "measured", "cv", "error"}]}``
     (errors as fractions; ``measured`` is the p50 under the profile's protocol).
     """
-    from .assemble import assemble
+    from .assembly import assemble
 
     profile.check_machine(allow_foreign)
     profile.check_bank(bank)

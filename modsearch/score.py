@@ -442,7 +442,7 @@ def score_quality(model: nn.Module, tokenizer, devset: DevSet, task: QualityTask
 def score_plan(bank, plan, devset: DevSet, task: QualityTask, return_predictions: bool = False,
                encoder_cache: EncoderCache | None = None) -> QualityResult:
     """Assemble ``plan`` from ``bank`` and score it with the bank's tokenizer and source prefix."""
-    from .assemble import assemble
+    from .assembly import assemble
 
     if not bank.has_tokenizer():
         raise UserError(f"bank {bank.path} has no tokenizer: scoring text needs one (re-create the bank from a "

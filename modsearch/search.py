@@ -254,7 +254,7 @@ class PlanEvaluator:
         return self.cache.get(kind, key) if self.cache else None
 
     def _assemble(self, plan: AssemblyPlan):
-        from .assemble import assemble
+        from .assembly import assemble
 
         return assemble(self.bank, plan)
 

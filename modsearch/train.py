@@ -41,7 +41,7 @@ from torch import nn
 
 from ._errors import UserError
 from ._io import atomic_dir, sha256_file, write_json
-from .assemble import _skeleton
+from .assembly import _skeleton
 from .bank import LayerBank
 from .plan import AssemblyPlan, Block, LAYER, MODULE
 
