@@ -339,7 +339,11 @@ def cost_report(bank, plan: str | AssemblyPlan, target: str | dict | HardwareTar
     if input_lengths is not None:
         target = target.with_input_lengths(input_lengths)
     target.fixed_input_length  # noqa: B018  (refuses "dev" without lengths, before any work)
-    target.check_available()
+    on_device = latency or memory
+    if on_device:
+        # Only measurements need the target's device: parameters and FLOPs depend on shapes alone, so a machine
+        # without it (a CPU worker of a study whose target is a GPU) can still count them.
+        target.check_available()
     plan = bank.plan(plan)
     if model is None:
         model = assemble(bank, plan)
@@ -350,6 +354,12 @@ def cost_report(bank, plan: str | AssemblyPlan, target: str | dict | HardwareTar
         model.to(device="cpu", dtype=torch.float32)
         with pinned_threads(target.n_threads):
             report["flops"] = count_flops(bank, plan, model, synthetic_inputs(model, target, seed), target)
+    if not on_device:
+        itemsize = torch.empty((), dtype=target.torch_dtype()).element_size()
+        report["memory"] = {"weights_bytes": int(sum(p.numel() for p in model.parameters())
+                                                 + sum(b.numel() for b in model.buffers())) * itemsize}
+        report["fingerprint"] = fingerprint("cpu")
+        return report
     model, inputs = prepare(model, target, seed)
     report["memory"] = {"weights_bytes": weight_bytes(model)}
     if memory:

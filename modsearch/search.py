@@ -581,7 +581,10 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
     if not bank.has_tokenizer():
         raise UserError(f"bank {bank.path} has no tokenizer: scoring text needs one")
     target = HardwareTarget.resolve(cfg.target)
-    target.check_available()
+    if cfg.needs_latency():
+        # Measured latency needs the target's device here; quality, FLOPs, params and profile latency do not,
+        # so CPU-only quality workers can join a study whose target is a GPU.
+        target.check_available()
     profile = _load_profile(cfg, bank, target, say, progress) if cfg.profile else None
     space = bank.space(drops=cfg.drops, granularities=cfg.granularities)
     genome = PlanGenome(space, bank.stack_names)

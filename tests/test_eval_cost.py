@@ -53,3 +53,20 @@ def test_eval_refuses_a_target_this_machine_lacks_before_scoring(banks, tmp_path
                  "cuda-bf16-b1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "cuda" in err[0].lower()
+
+
+def test_flops_and_params_need_no_target_device(banks):
+    """A CPU-only quality worker of a study whose target is a GPU still counts FLOPs and parameters."""
+    import pytest
+    import torch
+
+    from modsearch import UserError, cost_report
+
+    if torch.cuda.is_available():  # pragma: no cover - the test machines have no GPU
+        pytest.skip("this machine has CUDA")
+    bank = banks["m2m_100"]
+    report = cost_report(bank, "0-1,2,3,4-5/0-2,3,4,5", "cuda-bf16-b1", latency=False, memory=False)
+    assert report["flops"]["total"] > 0 and report["params"] == bank.plan_params(bank.plan("0-1,2,3,4-5/0-2,3,4,5"))
+    assert report["memory"]["weights_bytes"] > 0 and "latency" not in report
+    with pytest.raises(UserError, match="(?i)cuda"):
+        cost_report(bank, "0-1,2,3,4-5/0-2,3,4,5", "cuda-bf16-b1", latency=True, memory=False)
