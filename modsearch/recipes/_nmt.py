@@ -41,7 +41,7 @@ class TeacherRecipe:
     warmup: int = 250
     label_smoothing: float = 0.1
     clip: float = 1.0
-    minutes: float = 150.0
+    minutes: float = 240.0  # the budget for the teacher: about 4 hours of CPU time
     eval_every_minutes: float = 10.0
     checkpoint_every_minutes: float = 5.0
     eval_size: int = 300

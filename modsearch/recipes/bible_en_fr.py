@@ -15,6 +15,7 @@ import json
 import os
 from dataclasses import replace
 
+from .._errors import UserError
 from .._io import write_bytes, write_text
 from . import _bible
 from ._nmt import TeacherRecipe, train_teacher, train_tokenizer
@@ -71,6 +72,14 @@ def run(out: str = "banks/bible-en-fr", data_dir: str = "data/bible-en-fr", teac
         log=print) -> str:
     work = out.rstrip("/") + ".work"
     os.makedirs(work, exist_ok=True)
+    # Two runs on one work directory would overwrite each other's checkpoints: hold a lock for the whole run.
+    import fcntl
+
+    lock = open(os.path.join(work, ".lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UserError(f"another 'modsearch recipe' run is using {work}; wait for it or stop it") from None
     hashes = prepare_data(data_dir, work, log=log)
     if stages == ("data",):
         return data_dir
