@@ -123,7 +123,12 @@ def _encode(bank: LayerBank, rows, cfg: TrainConfig, prefix: str):
     return [(x, x) for x in ids if len(x) > 1]
 
 
-def _batches(examples, batch_tokens: int, seed: int) -> list[list[int]]:
+def length_batches(examples, batch_tokens: int, seed: int) -> list[list[int]]:
+    """Length-bucketed batches of about ``batch_tokens`` padded tokens (longest side), in a seeded random order.
+
+    ``examples`` are tuples of token-id lists (source, target). The order depends only on the seed, so a resumed
+    run sees exactly the batches an uninterrupted one would.
+    """
     rng = random.Random(seed)
     order = sorted(range(len(examples)), key=lambda i: (max(map(len, examples[i])), rng.random()))
     out, cur, longest = [], [], 0
@@ -348,7 +353,7 @@ def distillation_step(bank: LayerBank, student: _Student, plan: AssemblyPlan, in
 def teacher_forced(bank: LayerBank, model, examples, batch_tokens: int) -> dict:
     """Mean token cross-entropy and token accuracy of ``model`` on ``examples`` (teacher forcing)."""
     total, correct, n = 0.0, 0, 0
-    for idx in _batches(examples, batch_tokens, seed=0):
+    for idx in length_batches(examples, batch_tokens, seed=0):
         inputs, labels = _collate(bank, examples, idx)
         logits = _forward(model, inputs).logits.float()
         m = labels.ne(-100)
@@ -379,7 +384,7 @@ def evaluate_modules(bank: LayerBank, student: _Student, dev, cfg: TrainConfig) 
     accuracy, and its own distillation loss (relative MSE to the teacher's hidden state at the end of its span
     plus the attention KL, weighted as in training)."""
     out = {"teacher": teacher_forced(bank, bank.base_model, dev, cfg.batch_tokens)}
-    batches = _batches(dev, cfg.batch_tokens, seed=0)
+    batches = length_batches(dev, cfg.batch_tokens, seed=0)
     for key in bank.modules:
         plan = module_alone_plan(bank, key)
         student.set_plan(plan)
@@ -504,7 +509,7 @@ def train_bank(bank: LayerBank, data: str, cfg: TrainConfig, dev_data: str | Non
         for layer in all_layers[1:]:
             layer.train(False)  # dropout off: distillation targets are deterministic
         while state.step < cfg.steps:
-            batches = _batches(examples, cfg.batch_tokens, cfg.seed + state.epoch)
+            batches = length_batches(examples, cfg.batch_tokens, cfg.seed + state.epoch)
             while state.batch < len(batches) and state.step < cfg.steps:
                 t0 = time.perf_counter()
                 inputs, labels = _collate(bank, examples, batches[state.batch])

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .._io import atomic_dir, write_json
+from ..train import length_batches as make_batches
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3, as M2M100 expects (bos 0, pad 1, eos 2)
 
@@ -106,24 +107,6 @@ def encode_pairs(tokenizer, pairs: list[dict], src: str, tgt: str, max_len: int)
         out.append((s[: max_len - 1] + s[-1:] if len(s) > max_len else s,
                     t[: max_len - 1] + t[-1:] if len(t) > max_len else t))
     return out
-
-
-def make_batches(examples, batch_tokens: int, seed: int) -> list[list[int]]:
-    """Length-bucketed batches of about ``batch_tokens`` (padded) tokens, in a seeded random order."""
-    rng = random.Random(seed)
-    order = sorted(range(len(examples)), key=lambda i: (max(len(examples[i][0]), len(examples[i][1])), rng.random()))
-    batches, cur, longest = [], [], 0
-    for i in order:
-        n = max(len(examples[i][0]), len(examples[i][1]))
-        if cur and max(longest, n) * (len(cur) + 1) > batch_tokens:
-            batches.append(cur)
-            cur, longest = [], 0
-        cur.append(i)
-        longest = max(longest, n)
-    if cur:
-        batches.append(cur)
-    rng.shuffle(batches)
-    return batches
 
 
 def collate(examples, idx: list[int], pad: int, start: int):
@@ -229,6 +212,19 @@ def train_teacher(work: str, train_pairs, dev_pairs, tokenizer, recipe: TeacherR
             _save_optimizer(opt, names, tmp)
             write_json(os.path.join(tmp, "state.json"), state)
 
+    def record_eval(note: str = "") -> None:
+        """A point on the learning curve; the best model so far is kept as an HF directory."""
+        chrf = evaluate_dev()
+        state["curve"].append({"minutes": round(state["elapsed_s"] / 60, 2), "step": state["step"],
+                               "epoch": state["epoch"], "dev_chrf": round(chrf, 2)})
+        log(f"dev chrF {chrf:.2f} at {state['elapsed_s'] / 60:.1f} min{note}")
+        if chrf > state["best_chrf"]:
+            state["best_chrf"] = chrf
+            with atomic_dir(best_dir, overwrite=True) as tmp:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+        write_json(curve_path, state["curve"])
+
     budget = recipe.minutes * 60
     last_ckpt = last_eval = state["elapsed_s"]
     if state["curve"]:
@@ -262,19 +258,10 @@ def train_teacher(work: str, train_pairs, dev_pairs, tokenizer, recipe: TeacherR
                     f"{state['elapsed_s'] / 60:.1f} min")
                 running, seen = 0.0, 0
             if state["elapsed_s"] - last_eval >= recipe.eval_every_minutes * 60:
-                chrf = evaluate_dev()
+                record_eval()
                 last_eval = state["elapsed_s"]
-                state["curve"].append({"minutes": round(state["elapsed_s"] / 60, 2), "step": state["step"],
-                                       "epoch": state["epoch"], "dev_chrf": round(chrf, 2)})
-                log(f"dev chrF {chrf:.2f} at {state['elapsed_s'] / 60:.1f} min")
-                if chrf > state["best_chrf"]:
-                    state["best_chrf"] = chrf
-                    with atomic_dir(best_dir, overwrite=True) as tmp:
-                        model.save_pretrained(tmp)
-                        tokenizer.save_pretrained(tmp)
                 checkpoint()
                 last_ckpt = state["elapsed_s"]
-                write_json(curve_path, state["curve"])
             elif state["elapsed_s"] - last_ckpt >= recipe.checkpoint_every_minutes * 60:
                 checkpoint()
                 last_ckpt = state["elapsed_s"]
@@ -283,16 +270,7 @@ def train_teacher(work: str, train_pairs, dev_pairs, tokenizer, recipe: TeacherR
             state["batch"] = 0
     # Final evaluation so that the end of the budget is on the curve.
     if not state["curve"] or state["curve"][-1]["step"] != state["step"]:
-        chrf = evaluate_dev()
-        state["curve"].append({"minutes": round(state["elapsed_s"] / 60, 2), "step": state["step"],
-                               "epoch": state["epoch"], "dev_chrf": round(chrf, 2)})
-        log(f"dev chrF {chrf:.2f} at {state['elapsed_s'] / 60:.1f} min (end of budget)")
-        if chrf > state["best_chrf"]:
-            state["best_chrf"] = chrf
-            with atomic_dir(best_dir, overwrite=True) as tmp:
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-        write_json(curve_path, state["curve"])
+        record_eval(" (end of budget)")
     checkpoint()
     state["done"] = True
     write_json(os.path.join(ckpt, "state.json"), state)
