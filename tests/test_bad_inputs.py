@@ -176,8 +176,11 @@ CASES = {
     "storage not a URL": (lambda c: ["worker", c.study(), "--quiet", "--storage", "study.db"], "not a storage URL"),
     "target the machine cannot provide (eval)": (lambda c: c.eval(None, None, "--target", "cuda-bf16-b1"),
                                                  "CUDA is not available"),
-    "target the machine cannot provide (search)": (lambda c: ["search", c.study({'"cpu-1t-b1"': '"cuda-bf16-b1"'}),
-                                                              "--quiet"], "CUDA is not available"),
+    # Measured latency needs the target's device (quality, FLOPs and params do not: CPU workers may serve a
+    # GPU study), so the refusal is for a study that measures latency.
+    "target the machine cannot provide (search)": (lambda c: ["search", c.study({
+        '"cpu-1t-b1"': '"cuda-bf16-b1"', '["quality", "params"]': '["quality", "latency_ms"]'}), "--quiet"],
+        "CUDA is not available"),
     "unknown target": (lambda c: c.eval(None, None, "--target", "tpu-v9"), "tpu-v9"),
 }
 
