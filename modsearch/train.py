@@ -365,18 +365,12 @@ def teacher_forced(bank: LayerBank, model, examples, batch_tokens: int) -> dict:
 
 def module_alone_plan(bank: LayerBank, key: tuple[str, int, int]) -> AssemblyPlan:
     stack, i, j = key
-    stacks = []
-    for name, depth in zip(bank.stack_names, bank.depths):
-        blocks, pos = [], 0
-        while pos < depth:
-            if name == stack and pos == i:
-                blocks.append(Block(i, j, MODULE))
-                pos = j + 1
-            else:
-                blocks.append(Block(pos, pos, LAYER))
-                pos += 1
-        stacks.append(tuple(blocks))
-    return AssemblyPlan(tuple(stacks))
+
+    def layers(a: int, b: int) -> tuple[Block, ...]:
+        return tuple(Block(p, p, LAYER) for p in range(a, b))
+
+    return AssemblyPlan(tuple(layers(0, i) + (Block(i, j, MODULE),) + layers(j + 1, depth) if name == stack
+                              else layers(0, depth) for name, depth in zip(bank.stack_names, bank.depths)))
 
 
 def evaluate_modules(bank: LayerBank, student: _Student, dev, cfg: TrainConfig) -> dict[str, dict]:
