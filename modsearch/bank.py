@@ -352,6 +352,36 @@ class LayerBank:
             self.manifest["provenance"].update(provenance)
         write_json(os.path.join(self.path, MANIFEST), self.manifest)
 
+    def store_as(self, dtype: str = "float16") -> None:
+        """Rewrite every weight file with floating tensors stored as ``dtype`` (half the bytes for float16).
+
+        Storage only: the base model and modules still load as float32 (values rounded once), so a bank
+        shipped in a repository costs half the space. Checksums are updated; the bank's checksum changes.
+        """
+        torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}.get(dtype)
+        if torch_dtype is None:
+            raise UserError(f"unknown storage dtype {dtype!r}: use float16, bfloat16 or float32")
+
+        def rewrite(rel: str) -> str:
+            full = os.path.join(self.path, rel)
+            tensors = _read_safetensors(full, f"bank {self.path}: {rel}")
+            tensors = {k: (v.to(torch_dtype) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+            tmp = full + ".tmp"
+            _write_safetensors(tmp, tensors)
+            os.replace(tmp, full)
+            return sha256_file(full)
+
+        base = self.manifest["base"]
+        for f in list(base["files"]):
+            if f.endswith(".safetensors"):
+                base["files"][f] = rewrite(os.path.join(base["dir"], f))
+        for e in self.modules.values():
+            e.sha256 = rewrite(e.file)
+        self.manifest["modules"] = [e.to_json() for e in self.modules.values()]
+        self.manifest["provenance"]["storage_dtype"] = dtype
+        self._base, self._layers = None, {}
+        write_json(os.path.join(self.path, MANIFEST), self.manifest)
+
     def set_task(self, **task) -> None:
         self.manifest.setdefault("task", {}).update(task)
         write_json(os.path.join(self.path, MANIFEST), self.manifest)

@@ -244,6 +244,7 @@ class PlanEvaluator:
 
             out["profile_latency_ms"] = _predict(self.profile, plan) * 1000
         out["timings"] = {"quality_s": quality.get("wall_time", 0.0),
+                          "generate_s": quality.get("timings", {}).get("generate", 0.0),
                           **({"cost_s": cost.get("timings", {}).get("cost_s", 0.0)} if cost else {}),
                           "evaluate_s": time.perf_counter() - t0}
         out["cached"] = cached

@@ -192,6 +192,12 @@ def train_teacher(work: str, train_pairs, dev_pairs, tokenizer, recipe: TeacherR
     state = {"step": 0, "epoch": 0, "batch": 0, "elapsed_s": 0.0, "best_chrf": -1.0, "curve": [],
              "recipe": asdict(recipe)}
     if os.path.exists(os.path.join(ckpt, "state.json")):
+        with open(os.path.join(ckpt, "state.json")) as f:
+            done = json.load(f)
+        if done.get("done") and done["elapsed_s"] >= recipe.minutes * 60 and os.path.isdir(best_dir):
+            log(f"teacher already trained ({done['step']} steps, {done['elapsed_s'] / 60:.1f} min, best dev chrF "
+                f"{done['best_chrf']:.2f})")
+            return best_dir
         load_model(model, os.path.join(ckpt, "model.safetensors"))
         _load_optimizer(opt, params, ckpt)
         with open(os.path.join(ckpt, "state.json")) as f:

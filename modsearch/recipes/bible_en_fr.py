@@ -98,7 +98,12 @@ def run(out: str = "banks/bible-en-fr", data_dir: str = "data/bible-en-fr", teac
         tokenizer = train_tokenizer([p["en"] for p in train] + [p["fr"] for p in train], recipe.vocab_size, tok_dir)
     if "teacher" not in stages:
         return tok_dir
-    teacher_dir = train_teacher(os.path.join(work, "teacher"), train, dev, tokenizer, recipe, log=log)
+    if os.path.exists(os.path.join(out, "manifest.json")):
+        # The bank's base model is the finished teacher: its training checkpoints may be gone (they are not
+        # shipped), and training it further would change the bank under its trained modules.
+        teacher_dir = os.path.join(out, "base")
+    else:
+        teacher_dir = train_teacher(os.path.join(work, "teacher"), train, dev, tokenizer, recipe, log=log)
     if "bank" not in stages:
         return teacher_dir
     from ._bank_stage import build_bank
