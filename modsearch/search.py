@@ -162,6 +162,7 @@ class PlanEvaluator:
         self._encoders: collections.OrderedDict[str, object] = collections.OrderedDict()
         self._encoder_cache_size = encoder_cache_size
         self.counts = collections.Counter()
+        self._layer_flops = None
         fp = fingerprint(self.target.device if self.target else "cpu")
         self.fingerprint = fp
         # What must agree for a cached cost to stand: shapes (FLOPs) need the software; latency needs the machine.
@@ -224,7 +225,8 @@ class PlanEvaluator:
             if self.cache:
                 self.cache.put("quality", self.quality_key(plan), quality)
         if cost is None and self.target is not None:
-            model = model if model is not None else self._assemble(plan)
+            if need_latency:
+                model = model if model is not None else self._assemble(plan)
             cost = self._cost(plan, model, need_latency)
             self.counts["cost"] += 1
             if self.cache:
@@ -282,12 +284,25 @@ class PlanEvaluator:
                 "wall_time": result.wall_time, "timings": result.timings}
 
     def _cost(self, plan: AssemblyPlan, model, latency: bool) -> dict:
-        from .cost import cost_report
+        from .cost import LayerFlops, cost_report
 
         t = time.perf_counter()
-        # cost_report casts the model to the target's dtype and device in place: quality is scored before.
-        report = cost_report(self.bank, plan, self.target, model=model, latency=latency, flops=True, memory=False)
-        out = {"flops": report["flops"]["total"]}
+        if self._layer_flops is None:
+            try:
+                self._layer_flops = LayerFlops(self.bank, self.target)
+            except ValueError:
+                self._layer_flops = False  # layers differ in cost: count every plan
+        out = {}
+        if self._layer_flops:
+            # Exact, and milliseconds instead of a counted generate() per plan (see LayerFlops).
+            out["flops"] = self._layer_flops(plan)["total"]
+        report = {}
+        if latency or not self._layer_flops:
+            # cost_report casts the model to the target's dtype and device in place: quality is scored before.
+            report = cost_report(self.bank, plan, self.target, model=model, latency=latency,
+                                 flops=not self._layer_flops, memory=False)
+            if "flops" in report:
+                out["flops"] = report["flops"]["total"]
         lat = report.get("latency")
         if lat:
             out["latency_ms"] = lat["p50"] * 1000

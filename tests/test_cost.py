@@ -113,3 +113,18 @@ def test_cost_report(banks):
     assert r["fingerprint"]["torch"] == torch.__version__
     text = format_cost_report(r)
     assert "FLOPs" in text and "latency" in text and "decoder  x4" not in text
+
+
+@pytest.mark.parametrize("family", ["m2m_100", "t5", "gpt2", "llama"])
+def test_layer_flops_equal_the_counted_flops_of_every_plan(banks, family):
+    from modsearch.cost import LayerFlops
+
+    bank = banks[family]
+    lf = LayerFlops(bank, FAST)
+    for plan in [bank.teacher_plan()] + bank.space().sample(4, seed=3):
+        counted = cost_report(bank, plan, FAST, latency=False, flops=True, memory=False)["flops"]
+        predicted = lf(plan)
+        assert predicted["total"] == counted["total"], str(plan)
+        if bank.kind == "seq2seq":
+            assert predicted["encoder"] == counted["encoder"]
+            assert predicted["per_token"] == pytest.approx(counted["per_token"])

@@ -5,6 +5,8 @@ import os
 import random
 import re
 
+import pytest
+
 from modsearch.recipes import _bible
 from modsearch.recipes._nmt import TeacherRecipe, train_teacher, train_tokenizer
 
@@ -58,3 +60,14 @@ def test_teacher_training_checkpoints_and_resumes(tmp_path):
     from transformers import AutoModelForSeq2SeqLM
 
     assert AutoModelForSeq2SeqLM.from_pretrained(best).config.encoder_layers == 2
+
+
+def test_learning_rate_warms_up_decays_and_cools_down_to_zero():
+    from modsearch.recipes._nmt import learning_rate
+
+    r = TeacherRecipe(lr=1e-3, warmup=100, minutes=100, cooldown_minutes=20)
+    assert learning_rate(r, 50, 0) == pytest.approx(0.5e-3)          # warm-up
+    assert learning_rate(r, 400, 60) == pytest.approx(0.5e-3)        # inverse sqrt: sqrt(100/400)
+    assert learning_rate(r, 400, 90 * 60) == pytest.approx(0.25e-3)  # half-way through the cooldown
+    assert learning_rate(r, 400, 100 * 60) == 0.0
+    assert learning_rate(TeacherRecipe(lr=1e-3, warmup=100, cooldown_minutes=0), 400, 1e9) == pytest.approx(0.5e-3)

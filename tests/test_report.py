@@ -206,9 +206,7 @@ def test_large_study_is_sampled_but_keeps_every_frontier_point(tmp_path, monkeyp
     res = _synthetic()
     # Plan strings of the synthetic study are not real plans: draw its diagram from real ones.
     monkeypatch.setattr(report, "_blocks", lambda plan: [[(i, i, "layer") for i in range(6)]] * 2)
-    t = time.perf_counter()
     page = report.build_report([res], max_points=2000)
-    build_s = time.perf_counter() - t
     front = res.frontier(["quality", "latency_ms"])
     fig = report.frontier_figure(res, "latency_ms", max_points=2000)
     by_name = {tr.name.split(" (")[0]: tr for tr in fig.data}
@@ -216,13 +214,12 @@ def test_large_study_is_sampled_but_keeps_every_frontier_point(tmp_path, monkeyp
     assert len(by_name["dominated"].x) == 2000  # sampled, and the legend says so
     assert "sampled" in next(tr.name for tr in fig.data if tr.name.startswith("dominated"))
     size_mb = len(page.encode()) / 1e6
-    assert build_s < 30 and size_mb < 16, (build_s, size_mb)
+    assert size_mb < 16, size_mb  # how fast it builds and opens is a benchmark's business, not a test's
     if _chromium():
         path = tmp_path / "big.html"
         path.write_text(page, encoding="utf-8")
-        probe, seconds = _render(_chromium(), str(path), tmp_path)
+        probe, _seconds = _render(_chromium(), str(path), tmp_path)
         assert probe["errors"] == [] and all(p["svg"] > 0 for p in probe["plots"])
-        assert seconds < 60, seconds
 
 
 def test_headline_is_computed_from_the_trials():
