@@ -298,12 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "modules trained by distillation. Every stage resumes from its checkpoints: rerun "
                                    "the same command after an interruption.",
                        epilog=_examples("modsearch recipe bible-en-fr\n"
-                                        "modsearch recipe bible-en-fr --out banks/bible-en-fr --teacher-minutes 240"))
+                                        "modsearch recipe bible-en-fr --out banks/bible-en-fr --teacher-minutes 215 "
+                                        "--bank-steps 1200"))
     s.add_argument("name", help="recipe name (bible-en-fr)")
     s.add_argument("--out", default="banks/bible-en-fr", help="bank directory to write")
     s.add_argument("--data-dir", default="data/bible-en-fr", help="where the dev/test splits and data card go")
-    s.add_argument("--teacher-minutes", type=float, help="teacher training budget in minutes of CPU time")
-    s.add_argument("--bank-steps", type=int, help="module training steps")
+    s.add_argument("--teacher-minutes", type=float,
+                   help="teacher budget in minutes of training steps (default 215; the last 40 anneal the rate to 0)")
+    s.add_argument("--bank-steps", type=int, help="module training steps (default 1200, batches of 2048 tokens)")
     s.add_argument("--resume", action="store_true", help="accepted for clarity: every stage always resumes")
     s.set_defaults(func=cmd_recipe)
 

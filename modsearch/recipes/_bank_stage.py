@@ -31,7 +31,7 @@ def build_bank(out: str, work: str, teacher_dir: str, dev_path: str, hashes: dic
         bank.set_task(source_field="en", target_field="fr", task="translation")
     bank = LayerBank.load(out)
     if not all(e.trained for e in bank.modules.values()):
-        cfg = TrainConfig(steps=bank_steps or 1500, batch_tokens=2048, source_field="en", target_field="fr",
+        cfg = TrainConfig(steps=bank_steps or 1200, batch_tokens=2048, source_field="en", target_field="fr",
                           eval_every=500, eval_size=200, checkpoint_every=50)
         resume = os.path.exists(os.path.join(out, CKPT_DIR, "state.json"))
         train_bank(bank, os.path.join(work, "data", "train.jsonl"), cfg, dev_data=dev_path, resume=resume, log=log)
