@@ -81,7 +81,9 @@ def cmd_bank_info(a) -> int:
     print(f"model      {arch['model_class']} ({arch['model_type']}), {info['params']:,} parameters")
     print("depths     " + ", ".join(f"{k} {v}" for k, v in info["depths"].items()))
     prov = info["provenance"]
-    print(f"source     {prov.get('source_model')}  (created {prov.get('created')}, recipe {prov.get('recipe') or '-'})")
+    recipe = prov.get("recipe")
+    recipe = recipe.get("name", "?") if isinstance(recipe, dict) else (recipe or "-")
+    print(f"source     {prov.get('source_model')}  (created {prov.get('created')}, recipe {recipe})")
     rows = []
     for m in info["modules"]:
         metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m["metrics"].items())
