@@ -189,6 +189,9 @@ def build_table(bank, devset, profile=None, *, drops: bool = True, granularities
         return lambda p: space._choices(s, p)
 
     done: dict[str, list[dict]] = {}
+    # What the rows depend on: a checkpoint made for another bank, data set, space or profile is refused.
+    ident = {"bank": bank.checksum, "data": devset.content_hash, "drops": drops, "granularities": granularities,
+             "batch_size": batch_size, "profile": profile.to_json() if profile is not None else None}
     if checkpoint and os.path.exists(checkpoint):
         with open(checkpoint, encoding="utf-8") as f:
             for line in f:
@@ -196,7 +199,16 @@ def build_table(bank, devset, profile=None, *, drops: bool = True, granularities
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     break  # a torn last line from a kill: that encoder plan is redone
+                if "identity" in rec:
+                    if rec["identity"] != ident:
+                        raise UserError(f"plan-table checkpoint {checkpoint} was made for another bank, data set, "
+                                        "space or profile; delete it or give another --checkpoint")
+                    continue
                 done[rec["encoder"]] = rec["rows"]
+    if checkpoint and not os.path.exists(checkpoint):
+        os.makedirs(os.path.dirname(os.path.abspath(checkpoint)), exist_ok=True)
+        with open(checkpoint, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"identity": ident}) + "\n")
     n_enc, n_dec = len(_stack_plans(space, 0)), len(_stack_plans(space, 1))
     total = n_enc * n_dec
     if check:

@@ -57,3 +57,11 @@ def test_killed_build_resumes_from_its_checkpoint(small_bank, tmp_path):
 def test_decoder_only_banks_are_refused_with_one_line(banks):
     with pytest.raises(UserError, match="encoder-decoder banks only"):
         build_table(banks["gpt2"], DevSet.from_lists(SRC, task="lm"), progress=False)
+
+
+def test_a_checkpoint_of_another_build_is_refused(small_bank, tmp_path):
+    ckpt = str(tmp_path / "table.jsonl")
+    build_table(small_bank, DevSet.from_lists(SRC, TGT), batch_size=4, checkpoint=ckpt, check=0, progress=False)
+    with pytest.raises(UserError, match="another bank, data set"):
+        build_table(small_bank, DevSet.from_lists(SRC[:3], TGT[:3]), batch_size=4, checkpoint=ckpt, check=0,
+                    progress=False)
