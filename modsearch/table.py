@@ -135,15 +135,17 @@ def _walk(bank, stack: str, depth: int, choices, hidden: list, caps: list, swaps
 
 
 def _head(model, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
-    logits = model.get_output_embeddings()(hidden)
+    # The output head is most of a plan's cost here: run it on the real reference tokens only, not on padding.
+    valid = labels != -100
+    lab = labels[valid]
+    logits = model.get_output_embeddings()(hidden[valid])
     bias = getattr(model, "final_logits_bias", None)
     if isinstance(bias, torch.Tensor):
-        logits = logits + bias
+        logits = logits + bias.view(-1)
     logp = torch.log_softmax(logits.float(), dim=-1)
-    valid = labels != -100
-    nll = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * valid
-    correct = (logits.argmax(-1) == labels) & valid
-    return float(nll.sum()), int(correct.sum()), int(valid.sum())
+    nll = -logp.gather(-1, lab.unsqueeze(-1)).squeeze(-1)
+    correct = logits.argmax(-1) == lab
+    return float(nll.sum()), int(correct.sum()), int(lab.numel())
 
 
 def _task(devset, batch_size: int):
