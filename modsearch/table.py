@@ -195,19 +195,25 @@ def build_table(bank, devset, profile=None, *, drops: bool = True, granularities
     ident = {"bank": bank.checksum, "data": devset.content_hash, "drops": drops, "granularities": granularities,
              "batch_size": batch_size, "profile": profile.to_json() if profile is not None else None}
     if checkpoint and os.path.exists(checkpoint):
-        with open(checkpoint, encoding="utf-8") as f:
-            for line in f:
+        good = 0  # bytes of whole lines; a torn last line (a kill mid-write) is cut off, and its plan redone
+        with open(checkpoint, "rb") as f:
+            for raw in f:
                 try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a torn last line from a kill: that encoder plan is redone
+                    rec = json.loads(raw.decode("utf-8"))
+                    if not raw.endswith(b"\n"):
+                        raise ValueError("unterminated")
+                except (ValueError, UnicodeDecodeError):
+                    break
+                good += len(raw)
                 if "identity" in rec:
                     if rec["identity"] != ident:
                         raise UserError(f"plan-table checkpoint {checkpoint} was made for another bank, data set, "
                                         "space or profile; delete it or give another --checkpoint")
                     continue
                 done[rec["encoder"]] = rec["rows"]
-    if checkpoint and not os.path.exists(checkpoint):
+        with open(checkpoint, "r+b") as f:
+            f.truncate(good)
+    if checkpoint and (not os.path.exists(checkpoint) or os.path.getsize(checkpoint) == 0):
         os.makedirs(os.path.dirname(os.path.abspath(checkpoint)), exist_ok=True)
         with open(checkpoint, "w", encoding="utf-8") as f:
             f.write(json.dumps({"identity": ident}) + "\n")

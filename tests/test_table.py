@@ -46,6 +46,7 @@ def test_killed_build_resumes_from_its_checkpoint(small_bank, tmp_path):
     again = build_table(small_bank, dev, batch_size=4, checkpoint=str(ckpt), check=0, progress=False)
     assert again.to_dict("records") == full.to_dict("records")
     assert json.loads(ckpt.read_text().splitlines()[-1])["encoder"] == full["encoder"].iloc[-1]
+    assert all(json.loads(line) for line in ckpt.read_text().splitlines())  # the torn line was cut, not kept
 
     save_table(full, str(tmp_path / "t.csv"), {"bank_checksum": small_bank.checksum})
     loaded, meta = load_table(str(tmp_path / "t.csv"))
