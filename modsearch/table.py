@@ -115,23 +115,34 @@ def _stack_plans(space, s: int) -> list[tuple[Block, ...]]:
     return [t for t in space._stack_plans(s) if any(b.kind != DROP for b in t)]
 
 
-def _walk(bank, stack: str, depth: int, choices, hidden: list, caps: list, swaps: list | None, prefix=(), p=0):
-    """Yield (blocks, hidden per batch) for every tiling of the stack, running each block once per prefix."""
+def _apply(bank, stack: str, b: Block, hidden: list, caps: list, swaps: list | None) -> list:
+    """Hidden states per batch after block ``b`` (a dropped block changes nothing)."""
+    if b.kind == DROP:
+        return hidden
+    layer = bank.module_layer(stack, b.start, b.end) if b.kind == MODULE else bank.original_layer(stack, b.start)
+    return [c.call(layer, h, None if swaps is None else swaps[k]) for k, (c, h) in enumerate(zip(caps, hidden))]
+
+
+def _walk(bank, space, s: int, hidden: list, caps: list, swaps: list | None, prefix=(), p=0):
+    """Yield (blocks, hidden per batch) for every tiling of stack ``s``, running each block once per prefix."""
+    depth, stack = space.depths[s], bank.stack_names[s]
     if p == depth:
         if any(b.kind != DROP for b in prefix):
             yield prefix, hidden
         return
-    for b in choices(p):
-        if b.end >= depth:
-            continue
-        if b.kind == DROP:
-            nxt = hidden
-        else:
-            layer = (bank.module_layer(stack, b.start, b.end) if b.kind == MODULE
-                     else bank.original_layer(stack, b.start))
-            nxt = [c.call(layer, h, None if swaps is None else swaps[k]) for k, (c, h) in
-                   enumerate(zip(caps, hidden))]
-        yield from _walk(bank, stack, depth, choices, nxt, caps, swaps, prefix + (b,), b.end + 1)
+    for b in space._choices(s, p):
+        if b.end < depth:
+            nxt = _apply(bank, stack, b, hidden, caps, swaps)
+            yield from _walk(bank, space, s, nxt, caps, swaps, prefix + (b,), b.end + 1)
+
+
+def _loss(model, hidden: list, labels: list, tail) -> tuple[float, int, int]:
+    """Summed NLL, correct tokens and tokens over the batches of one plan's decoder output."""
+    nll = correct = n = 0
+    for h, lab in zip(hidden, labels):
+        a, c, k = _head(model, tail(h) if tail is not None else h, lab)
+        nll, correct, n = nll + a, correct + c, n + k
+    return nll, correct, n
 
 
 def _head(model, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
@@ -185,11 +196,6 @@ def build_table(bank, devset, profile=None, *, drops: bool = True, granularities
         enc_caps, dec_caps, enc_outs, labels = _capture(bank, batches, targets)
     enc_tail = _tail(_stack_module(bank, "encoder"))
     dec_tail = _tail(_stack_module(bank, "decoder"))
-    depths = space.depths
-
-    def choices(s):
-        return lambda p: space._choices(s, p)
-
     done: dict[str, list[dict]] = {}
     # What the rows depend on: a checkpoint made for another bank, data set, space or profile is refused.
     ident = {"bank": bank.checksum, "data": devset.content_hash, "drops": drops, "granularities": granularities,
@@ -226,7 +232,7 @@ def build_table(bank, devset, profile=None, *, drops: bool = True, granularities
     bar = tqdm(total=total, disable=not progress, desc="plan table", unit="plan", dynamic_ncols=True)
     with torch.inference_mode():
         enc_hidden0 = [c.hidden for c in enc_caps]
-        for e_blocks, e_hidden in _walk(bank, "encoder", depths[0], choices(0), enc_hidden0, enc_caps, None):
+        for e_blocks, e_hidden in _walk(bank, space, 0, enc_hidden0, enc_caps, None):
             e_text = ",".join(str(b) for b in e_blocks)
             if e_text in done:
                 rows.extend(done[e_text])
@@ -236,11 +242,8 @@ def build_table(bank, devset, profile=None, *, drops: bool = True, granularities
             swaps = list(zip(enc_outs, e_out))
             dec_hidden0 = [c.hidden for c in dec_caps]
             chunk = []
-            for d_blocks, d_hidden in _walk(bank, "decoder", depths[1], choices(1), dec_hidden0, dec_caps, swaps):
-                nll = correct = n = 0
-                for h, lab in zip(d_hidden, labels):
-                    a, c, k = _head(model, dec_tail(h) if dec_tail is not None else h, lab)
-                    nll, correct, n = nll + a, correct + c, n + k
+            for d_blocks, d_hidden in _walk(bank, space, 1, dec_hidden0, dec_caps, swaps):
+                nll, correct, n = _loss(model, d_hidden, labels, dec_tail)
                 plan = AssemblyPlan((e_blocks, d_blocks))
                 params = bank.plan_params(plan)
                 row = {"plan": str(plan), "encoder": e_text, "decoder": ",".join(str(b) for b in d_blocks),
@@ -252,7 +255,6 @@ def build_table(bank, devset, profile=None, *, drops: bool = True, granularities
                 bar.update(1)
             rows.extend(chunk)
             if checkpoint:
-                os.makedirs(os.path.dirname(os.path.abspath(checkpoint)), exist_ok=True)
                 with open(checkpoint, "a", encoding="utf-8") as f:
                     f.write(json.dumps({"encoder": e_text, "rows": chunk}) + "\n")
     bar.close()
@@ -268,21 +270,12 @@ def _check(bank, devset, task, space, enc_caps, dec_caps, enc_outs, labels, enc_
         with torch.inference_mode():
             e_hidden = [c.hidden for c in enc_caps]
             for b in plan.stacks[0]:
-                if b.kind != DROP:
-                    layer = (bank.module_layer("encoder", b.start, b.end) if b.kind == MODULE
-                             else bank.original_layer("encoder", b.start))
-                    e_hidden = [c.call(layer, h) for c, h in zip(enc_caps, e_hidden)]
+                e_hidden = _apply(bank, "encoder", b, e_hidden, enc_caps, None)
             e_out = [enc_tail(h) if enc_tail is not None else h for h in e_hidden]
             d_hidden = [c.hidden for c in dec_caps]
             for b in plan.stacks[1]:
-                if b.kind != DROP:
-                    layer = (bank.module_layer("decoder", b.start, b.end) if b.kind == MODULE
-                             else bank.original_layer("decoder", b.start))
-                    d_hidden = [c.call(layer, h, (o, e)) for c, h, o, e in zip(dec_caps, d_hidden, enc_outs, e_out)]
-            nll = n_tok = 0
-            for h, lab in zip(d_hidden, labels):
-                a, _, k = _head(model, dec_tail(h) if dec_tail is not None else h, lab)
-                nll, n_tok = nll + a, n_tok + k
+                d_hidden = _apply(bank, "decoder", b, d_hidden, dec_caps, list(zip(enc_outs, e_out)))
+            nll, _, n_tok = _loss(model, d_hidden, labels, dec_tail)
         fast = nll / n_tok
         slow = score_plan(bank, plan, devset, task).scores["loss"]
         if not abs(fast - slow) <= 1e-4 * max(1.0, abs(slow)):
