@@ -5,6 +5,8 @@ Three steps, each a subcommand:
   build     score every plan of the bank's space at a cheap fidelity (teacher-forced loss and token accuracy
             on the dev set, encoder outputs and block prefixes shared; latency predicted from a profile) and
             save the table as CSV with a .meta.json beside it. Resumable (--checkpoint).
+  latency   recompute the table's latency column from another profile of the same bank (the latency is additive
+            in the blocks, so this takes a second; the quality columns stay).
   fidelity  the rank correlation between the table's fidelity and generated chrF on N random plans.
   replay    run every shipped sampler (seeded with the baselines, as `modsearch search` does), random search
             and the seeded baselines alone against the table, for several seeds, and print the hypervolume
@@ -18,6 +20,7 @@ exact hypervolume" means most of the real trade-off curve was found.
 
   python benchmarks/tabular_search.py build banks/bible-en-fr --data data/bible-en-fr/dev.jsonl --limit 100 \\
       --profile profiles/cpu-1t-b1.json --out benchmarks/results/table-bible-en-fr.csv
+  python benchmarks/tabular_search.py latency benchmarks/results/table-bible-en-fr.csv --profile profiles/cpu-1t-b1.json
   python benchmarks/tabular_search.py fidelity benchmarks/results/table-bible-en-fr.csv banks/bible-en-fr \\
       --data data/bible-en-fr/dev.jsonl --plans 100 --limit 100
   python benchmarks/tabular_search.py replay benchmarks/results/table-bible-en-fr.csv --seeds 10
@@ -61,6 +64,23 @@ def cmd_build(a) -> None:
             "teacher": str(bank.teacher_plan()), "plans": len(table), "build_seconds": round(took, 1)}
     save_table(table, a.out, meta)
     print(f"{len(table)} plans in {took / 60:.1f} min -> {a.out}")
+
+
+# -- latency ---------------------------------------------------------------------------------------------------
+def cmd_latency(a) -> None:
+    from modsearch.profile import LatencyProfile, _predict
+    from modsearch.table import load_table, save_table
+
+    table, meta = load_table(a.table)
+    profile = LatencyProfile.load(a.profile)
+    if profile.bank_checksum != meta["bank_checksum"]:
+        sys.exit("tabular_search: error: the profile was measured on another bank than the table's")
+    table["profile_latency_ms"] = [_predict(profile, p) * 1000 for p in table["plan"]]
+    meta.update({"profile": os.path.relpath(a.profile), "profile_fingerprint": profile.fingerprint,
+                 "profile_created": profile.created})
+    save_table(table, a.table, meta)
+    print(f"{len(table)} plans: latency from {a.profile} ({profile.created}), "
+          f"{table['profile_latency_ms'].min():.1f}-{table['profile_latency_ms'].max():.1f} ms")
 
 
 # -- fidelity --------------------------------------------------------------------------------------------------
@@ -234,6 +254,9 @@ def main(argv=None) -> None:
     b.add_argument("--batch-size", type=int, default=25, help="length-sorted batches: small ones waste less on padding")
     b.add_argument("--checkpoint")
     b.add_argument("--out", required=True)
+    lt = sub.add_parser("latency", help="recompute the latency column from another profile")
+    lt.add_argument("table")
+    lt.add_argument("--profile", required=True)
     f = sub.add_parser("fidelity", help="rank correlation of the table's fidelity with generated chrF")
     f.add_argument("table")
     f.add_argument("bank")
@@ -251,7 +274,7 @@ def main(argv=None) -> None:
     r.add_argument("--gp-budget-index", type=int, default=1, help="gp runs up to this budget (0=0.5%%, 1=1%%...)")
     r.add_argument("--json")
     a = ap.parse_args(argv)
-    {"build": cmd_build, "fidelity": cmd_fidelity, "replay": cmd_replay}[a.cmd](a)
+    {"build": cmd_build, "latency": cmd_latency, "fidelity": cmd_fidelity, "replay": cmd_replay}[a.cmd](a)
 
 
 if __name__ == "__main__":

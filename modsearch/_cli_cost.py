@@ -72,10 +72,16 @@ def cmd_profile(a) -> int:
         raise UserError("profile needs --target T and --out FILE (or --check --profile P)")
     if os.path.isdir(a.out):
         raise UserError(f"--out {a.out} is a directory; give a file path such as profiles/T.json")
-    prof = build_profile(bank, a.target, progress=not a.quiet)
+    if a.calibration_plans is not None and a.calibration_plans < 0:
+        raise UserError("--calibration-plans must be 0 or more")
+    extra = {} if a.calibration_plans is None else {"extra_plans": a.calibration_plans}
+    prof = build_profile(bank, a.target, progress=not a.quiet, **extra)
     prof.save(a.out)
-    print(f"profile written to {a.out}: {len(prof.blocks)} blocks, overhead {prof.overhead * 1000:.2f} ms, "
-          f"teacher {prof.plans[0]['p50'] * 1000:.2f} ms measured on {prof.fingerprint['cpu_model']}")
+    fit = prof.fit
+    print(f"profile written to {a.out}: overhead {prof.overhead * 1000:.2f} ms, per block "
+          + ", ".join(f"{k} {v * 1000:.3f} ms" for k, v in fit["per_block"].items())
+          + f"; teacher {prof.plans[0]['p50'] * 1000:.2f} ms measured on {prof.fingerprint['cpu_model']}; "
+          f"fit to {len(prof.plans)} plans: leave-one-out MAPE {fit['loo_mape']:.1%} (max {fit['loo_max_error']:.1%})")
     return 0
 
 
@@ -84,16 +90,20 @@ def add_profile_parser(sub, fmt, examples) -> None:
     s = sub.add_parser(
         "profile", help="measure a bank's per-block latency table on a target, or check its predictions",
         formatter_class=fmt,
-        description="Measure, once, the latency of every distinct block of a bank on a hardware target, each in "
-                    "its stack context (encoder blocks at the target's input shape, decoder blocks per decode "
-                    "step with the KV cache), plus the fixed overhead. The profile predicts a plan's latency as "
-                    "overhead + sum of its blocks. With --check, measure random plans end to end and print the "
-                    "prediction error (MAPE, max error, Spearman rank correlation).",
+        description="Measure, once, what every block of a bank costs on a hardware target, plus the fixed "
+                    "overhead: calibration plans (together containing every block, and spread over every "
+                    "depth) run end to end at the target's shape, interleaved round by round, and the block "
+                    "costs and overhead are fitted to their p50s by least squares. The profile predicts a "
+                    "plan's latency as overhead + sum of its blocks. With --check, measure random plans that "
+                    "were not calibration plans and print the prediction error (MAPE, max error, Spearman rank "
+                    "correlation).",
         epilog=examples("modsearch profile banks/bible-en-fr --target cpu-1t-b1 --out profiles/cpu-1t-b1.json\n"
                         "modsearch profile --check banks/bible-en-fr --profile profiles/cpu-1t-b1.json --plans 30"))
     s.add_argument("bank", help="a bank directory")
     s.add_argument("--target", metavar="T", help="hardware target: a name in studies/targets/ or a TOML file")
     s.add_argument("--out", metavar="FILE", help="profile JSON to write (atomically)")
+    s.add_argument("--calibration-plans", type=int, metavar="N",
+                   help="plans measured beyond those that together contain every block (default 24)")
     s.add_argument("--check", action="store_true", help="check an existing --profile against measured plans")
     s.add_argument("--profile", metavar="P", help="with --check: the profile to check")
     s.add_argument("--plans", type=int, default=30, metavar="N", help="with --check: random plans (default 30)")

@@ -1,22 +1,27 @@
 """Latency profiles: a per-target lookup table that predicts a plan's latency without running it.
 
-A profile is measured once per (bank, target, machine). Every distinct block of the bank (each original layer
-and each module) is timed *in its stack context*, inside real end-to-end ``generate()`` runs of plans that
-contain it: forward hooks read the clock around each layer call, so an encoder block is timed at the target's
-input shape and a decoder block per decode step with the KV cache growing to the target's output length.
-What the layers do not account for (embeddings, LM head, the generation loop) is the fixed overhead::
+A profile is measured once per (bank, target, machine)::
 
     predict(profile, plan) = overhead + sum of the costs of the plan's kept blocks
 
-Why this works here: a module is an instance of the base layer class with the same shapes, so a block's cost
-does not depend on which block sits before it; depth changes the decode loop only through the layers it
-runs. Why it can miss: a smaller model keeps more of its weights in cache (its layers get cheaper), and on
-several threads the scheduler's behaviour changes with the work per op. ``modsearch profile --check``
-measures that error on random plans.
+How the costs are measured: a set of *calibration plans* (a few that together contain every distinct block of
+the bank, then plans spread over every kept-block count of each stack) runs end to end, plain ``generate()``
+at the target's shape, interleaved round by round so that the machine's slow drifts fall on every plan alike.
+The overhead and the block costs are then fitted to those end-to-end times by least squares. Every block of a
+stack is an instance of the same layer class with the same shapes (that is what a module is), so it does the
+same work wherever it sits: the fit has one cost per stack (each encoder block at the input shape, each decoder
+block for all its decode steps with the KV cache) and the fixed overhead (embeddings, LM head, the generation
+loop, the first layer of a stack touching its state after the LM head evicted it from cache).
 
-On disk a profile is JSON (written atomically) that records the target, the protocol, the bank checksum and
-the machine's fingerprint. Measured objectives refuse a profile made on another machine unless told
-otherwise (``allow_foreign=True``).
+Why not time each layer with hooks inside a run: tried, and on a small model at batch 1 (a decode step of a few
+hundred microseconds per layer) the hooks and the Python around them became part of the "overhead", which then
+over-predicted a one-layer decoder by 40-70 % (benchmarks/latency_predictor.py, README). End-to-end times are
+what a deployment sees, so they are what the fit matches; its leave-one-out error over the calibration plans is
+stored in the profile, and ``modsearch profile --check`` measures the error on held-out random plans.
+
+On disk a profile is JSON (written atomically) that records the target, the protocol, the bank checksum, the
+machine's fingerprint and the calibration plans with their measured and fitted times. Measured objectives
+refuse a profile made on another machine unless told otherwise (``allow_foreign=True``).
 
 >>> profile = build_profile(bank, "cpu-1t-b1")                    # doctest: +SKIP
 >>> profile.save("profiles/cpu-1t-b1.json")                       # doctest: +SKIP
@@ -29,9 +34,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import random
 import statistics as _stats
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -39,22 +45,25 @@ import torch
 from ._errors import UserError
 from ._io import write_json
 from ._version import __version__
-from .cost import Clock, _runner, measure_latency, pinned_threads, prepare, summarize
-from .plan import DROP, MODULE, AssemblyPlan, Block
+from .cost import Clock, _runner, pinned_threads, prepare, summarize, timed_step
+from .plan import DROP, LAYER, MODULE, AssemblyPlan, Block
 from .target import HardwareTarget, fingerprint, fingerprint_mismatch
 
 FORMAT = "modsearch-latency-profile"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Calibration plans beyond the covering ones, by default: enough that leaving any one out moves the fit little.
+CALIBRATION_PLANS = 24
 
 
 @dataclass
 class LatencyProfile:
-    """Measured block costs of one bank on one target and machine.
+    """Block costs of one bank on one target and machine, fitted to measured end-to-end latencies.
 
     ``blocks`` maps ``"stack:block"`` (block in plan notation, e.g. ``"decoder:2-3"``) to
     ``{"seconds": cost per end-to-end run, "per_call": seconds per forward call, "calls": calls per run}``.
-    ``overhead`` is the time of a run spent outside the layers, in seconds, plus ``first_slot``: per stack,
-    the extra time the layer in slot 0 takes whichever block it is.
+    ``overhead`` is the fixed time of a run, in seconds. ``plans`` are the calibration plans
+    (``{"plan", "p50", "fitted", "n", "cv"}``) and ``fit`` summarises the least-squares fit (per-stack block
+    cost, residual and leave-one-out errors).
     """
 
     target: dict
@@ -63,7 +72,7 @@ class LatencyProfile:
     stacks: list[str]
     blocks: dict[str, dict]
     overhead: float
-    first_slot: dict[str, float] = field(default_factory=dict)
+    fit: dict = field(default_factory=dict)
     plans: list[dict] = field(default_factory=list)
     created: str = ""
     modsearch_version: str = __version__
@@ -73,8 +82,7 @@ class LatencyProfile:
                 "modsearch_version": self.modsearch_version, "target": self.target,
                 "protocol": self.target.get("protocol"), "fingerprint": self.fingerprint,
                 "bank_checksum": self.bank_checksum, "stacks": self.stacks, "overhead": self.overhead,
-                "blocks": self.blocks, "first_slot": self.first_slot,
-                "plans": self.plans}
+                "blocks": self.blocks, "fit": self.fit, "plans": self.plans}
 
     def save(self, path: str) -> str:
         write_json(path, self.to_json())
@@ -98,9 +106,10 @@ class LatencyProfile:
         missing = [k for k in ("target", "fingerprint", "bank_checksum", "stacks", "blocks", "overhead") if k not in d]
         if missing:
             raise UserError(f"profile {path} lacks field(s) {', '.join(missing)}")
+        # Schema 1 (hook-timed blocks) has the same prediction fields; its "first_slot" is already in "overhead".
         return cls(target=d["target"], fingerprint=d["fingerprint"], bank_checksum=d["bank_checksum"],
                    stacks=list(d["stacks"]), blocks=d["blocks"], overhead=float(d["overhead"]),
-                   first_slot=d.get("first_slot", {}), plans=d.get("plans", []), created=d.get("created", ""),
+                   fit=d.get("fit", {}), plans=d.get("plans", []), created=d.get("created", ""),
                    modsearch_version=d.get("modsearch_version", ""))
 
     @property
@@ -156,7 +165,7 @@ def _predict(profile: LatencyProfile, plan: str | AssemblyPlan) -> float:
     return total
 
 
-# -- building ----------------------------------------------------------------------------------------------------
+# -- calibration plans -------------------------------------------------------------------------------------------
 def covering_plans(bank) -> list[AssemblyPlan]:
     """Few plans that together contain every distinct block: the teacher, then plans that greedily take
     modules not yet covered (left to right, original layers in the gaps)."""
@@ -174,99 +183,51 @@ def covering_plans(bank) -> list[AssemblyPlan]:
                     todo[s].discard((p, j))
                     p = j + 1
                 else:
-                    blocks.append(Block(p, p, "layer"))
+                    blocks.append(Block(p, p, LAYER))
                     p += 1
             stacks.append(tuple(blocks))
         plans.append(bank.plan(AssemblyPlan(tuple(stacks))))
     return plans
 
 
-class _LayerTimer:
-    """Forward hooks that add each layer call's wall time to its slot (per run; reset between runs)."""
-
-    def __init__(self, layers: dict[tuple[str, int], torch.nn.Module], clock: Clock, device: str):
-        self.clock, self.device = clock, device
-        self.seconds: dict[tuple[str, int], float] = {}
-        self.calls: dict[tuple[str, int], int] = {}
-        self._t0: dict[tuple[str, int], float] = {}
-        self._handles = []
-        for key, layer in layers.items():
-            self._handles.append(layer.register_forward_pre_hook(lambda _m, _a, key=key: self._start(key)))
-            self._handles.append(layer.register_forward_hook(lambda _m, _a, _o, key=key: self._stop(key)))
-
-    def _sync(self):
-        # CUDA work is asynchronous: without a sync the clock would time the kernel launches only.
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize(self.device)
-
-    def _start(self, key):
-        self._sync()
-        self._t0[key] = self.clock()
-
-    def _stop(self, key):
-        self._sync()
-        self.seconds[key] = self.seconds.get(key, 0.0) + self.clock() - self._t0[key]
-        self.calls[key] = self.calls.get(key, 0) + 1
-
-    def reset(self):
-        self.seconds, self.calls = {}, {}
-
-    def remove(self):
-        for h in self._handles:
-            h.remove()
+def kept_counts(plan: AssemblyPlan) -> tuple[int, ...]:
+    """Kept blocks per stack: what a plan's latency depends on under the profile's model."""
+    return tuple(sum(1 for b in blocks if b.kind != DROP) for blocks in plan.stacks)
 
 
-class _PlanTiming:
-    """One plan assembled on the target, with every layer call timed in place; :meth:`step` runs it once."""
-
-    def __init__(self, bank, plan: AssemblyPlan, target: HardwareTarget, clock: Clock, seed: int = 0):
-        from .assembly import assemble
-
-        self.plan, self.target, self.clock = plan, target, clock
-        model, inputs = prepare(assemble(bank, plan), target, seed)
-        self._run = _runner(model, inputs, target)
-        self.slots: dict[tuple[str, int], torch.nn.Module] = {}
-        self.labels: dict[tuple[str, int], str] = {}
-        for stack, blocks in zip(bank.stack_names, plan.stacks):
-            kept = [b for b in blocks if b.kind != DROP]
-            for slot, layer in enumerate(bank.adapter.layers(model, stack)):
-                self.slots[(stack, slot)] = layer
-                self.labels[(stack, slot)] = _key(stack, kept[slot])
-        self.timer = _LayerTimer(self.slots, clock, target.device)
-        self.e2e: list[float] = []
-        self.per_slot: dict[tuple[str, int], list[float]] = {k: [] for k in self.slots}
-
-    def step(self) -> float:
-        cuda = self.target.device.startswith("cuda")
-        self.timer.reset()
-        if cuda:
-            torch.cuda.synchronize(self.target.device)
-        t0 = self.clock()
-        self._run()
-        if cuda:
-            torch.cuda.synchronize(self.target.device)
-        dt = self.clock() - t0
-        self.e2e.append(dt)
-        for k in self.slots:
-            self.per_slot[k].append(self.timer.seconds.get(k, 0.0))
-        return dt
-
-    def result(self, skip: int) -> dict:
-        """``{"e2e": [...], "slots": [{"stack", "slot", "block", "calls", "seconds": [...]}]}``, without the
-        first ``skip`` (warm-up) runs."""
-        self.timer.remove()
-        return {"e2e": self.e2e[skip:],
-                "slots": [{"stack": k[0], "slot": k[1], "block": self.labels[k],
-                           "calls": self.timer.calls.get(k, 0), "seconds": v[skip:]}
-                          for k, v in self.per_slot.items()]}
+def calibration_plans(bank, extra: int = CALIBRATION_PLANS, seed: int = 0) -> list[AssemblyPlan]:
+    """The covering plans, then ``extra`` distinct plans chosen so that every combination of kept-block counts
+    per stack the space offers is measured about equally often (random plans bunch around the middle depths;
+    a fit needs the shallow and deep ends too)."""
+    plans = covering_plans(bank)
+    seen = {str(p) for p in plans}
+    space = bank.space()
+    pool = [p for p in space.sample(min(space.count(), max(200, 40 * extra)), seed=seed) if str(p) not in seen]
+    by_counts: dict[tuple[int, ...], list[AssemblyPlan]] = {}
+    for p in pool:
+        by_counts.setdefault(kept_counts(p), []).append(p)
+    have: dict[tuple[int, ...], int] = {}
+    for p in plans:
+        have[kept_counts(p)] = have.get(kept_counts(p), 0) + 1
+    rng = random.Random(seed)
+    while extra > 0 and any(by_counts.values()):
+        open_ = [c for c, ps in by_counts.items() if ps]
+        least = min(have.get(c, 0) for c in open_)
+        c = rng.choice(sorted(c for c in open_ if have.get(c, 0) == least))
+        plans.append(by_counts[c].pop())
+        have[c] = have.get(c, 0) + 1
+        extra -= 1
+    return plans
 
 
+# -- measuring ---------------------------------------------------------------------------------------------------
 def run_interleaved(steps: Sequence, protocol, clock: Clock = time.perf_counter, on_round=None) -> int:
     """Run several measurements in rounds (one step of each per round) under one protocol: ``warmup`` rounds,
     then rounds until every step has ``min_iterations`` samples and ``min_seconds`` per step have passed.
 
-    Interleaving spreads slow drifts of the machine (other load, clock frequency) evenly over the plans, so
-    they bias no block against another. Returns the number of timed rounds.
+    Interleaving spreads slow drifts of the machine (other load, clock frequency, a noisy neighbour on a
+    virtual machine) evenly over the plans, so they bias no plan against another. Returns the number of timed
+    rounds.
     """
     for _ in range(protocol.warmup):
         for s in steps:
@@ -282,62 +243,166 @@ def run_interleaved(steps: Sequence, protocol, clock: Clock = time.perf_counter,
     return rounds
 
 
+def _memory_budget(device: str) -> int:
+    """Bytes of weights that may be resident at once while plans are measured side by side."""
+    if device.startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free * 0.6)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        return int(info["MemAvailable"] * 0.4)
+    except (OSError, KeyError, ValueError):
+        return 4 << 30
+
+
+def _groups(bank, plans: Sequence[AssemblyPlan], target: HardwareTarget) -> list[list[AssemblyPlan]]:
+    """Consecutive plans in groups whose assembled weights fit the memory budget together (one plan per group
+    when a single model is already that big: then the plans are measured one after the other)."""
+    itemsize = torch.empty((), dtype=target.torch_dtype()).element_size()
+    budget = _memory_budget(target.device)
+    groups: list[list[AssemblyPlan]] = [[]]
+    used = 0
+    for p in plans:
+        size = bank.plan_params(p) * itemsize
+        if groups[-1] and used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(p)
+        used += size
+    return groups
+
+
+def measure_interleaved(bank, plans: Sequence[AssemblyPlan], target: HardwareTarget, *, seed: int = 0,
+                        clock: Clock = time.perf_counter, progress: bool = True, desc: str = "measuring",
+                        assemble_fn: Callable | None = None) -> list[list[float]]:
+    """End-to-end ``generate()`` times of each plan (seconds, warm-up runs left out), measured in interleaved
+    rounds under the target's protocol, threads pinned. Plans whose weights do not fit in memory together are
+    measured in consecutive groups."""
+    from .assembly import assemble
+
+    assemble_fn = assemble_fn or assemble
+    out: list[list[float]] = []
+    groups = _groups(bank, plans, target)
+    for g, group in enumerate(groups):
+        part = f", group {g + 1}/{len(groups)}" if len(groups) > 1 else ""
+        bar = _bar(None, f"{desc} {target.name} ({len(group)} plans interleaved{part})", progress, unit="round")
+        try:
+            steps, samples = [], []
+            for plan in group:
+                model, inputs = prepare(assemble_fn(bank, plan), target, seed)
+                step = timed_step(_runner(model, inputs, target), target.device, clock)
+                mine: list[float] = []
+                samples.append(mine)
+                steps.append(lambda step=step, mine=mine: mine.append(step()))
+            with pinned_threads(target.n_threads):
+                run_interleaved(steps, target.protocol, clock, on_round=lambda _r: bar.update(1))
+            out += [s[target.protocol.warmup:] for s in samples]
+            del steps  # the group's models go before the next group's are built
+        finally:
+            bar.close()
+    return out
+
+
+def _calls_per_run(bank, target: HardwareTarget, seed: int = 0) -> dict[str, int]:
+    """Forward calls of a stack's layer in one ``generate()`` (once for an encoder, once per decode step for a
+    decoder), counted on one untimed run of the teacher."""
+    from .assembly import assemble
+
+    model, inputs = prepare(assemble(bank, bank.teacher_plan()), target, seed)
+    calls = {s: 0 for s in bank.stack_names}
+    handles = []
+    for s in bank.stack_names:
+        first = bank.adapter.layers(model, s)[0]
+        handles.append(first.register_forward_hook(lambda *_a, s=s: calls.__setitem__(s, calls[s] + 1)))
+    try:
+        with pinned_threads(target.n_threads):
+            _runner(model, inputs, target)()
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+# -- fitting -----------------------------------------------------------------------------------------------------
+def fit_costs(counts: Sequence[Sequence[int]], seconds: Sequence[float]) -> dict:
+    """Least-squares fit of ``seconds ≈ overhead + sum_s cost[s] * counts[s]``, with no cost below zero.
+
+    A stack whose count is the same in every plan cannot be told apart from the overhead: its cost is 0 and
+    the overhead carries it (``unidentified`` lists such stacks). Returns ``{"overhead", "costs",
+    "unidentified", "fitted", "loo"}``: ``fitted`` are the fitted times, ``loo`` the leave-one-out
+    predictions (each plan predicted by the fit to all the others).
+    """
+    import numpy as np
+
+    X = np.asarray(counts, dtype=float)
+    y = np.asarray(seconds, dtype=float)
+    n_stacks = X.shape[1]
+    varying = [s for s in range(n_stacks) if np.ptp(X[:, s]) > 0]
+
+    def solve(rows) -> tuple[float, list[float]]:
+        cols = list(varying)
+        while True:
+            A = np.c_[np.ones(len(rows)), X[np.ix_(rows, cols)]] if cols else np.ones((len(rows), 1))
+            beta, *_ = np.linalg.lstsq(A, y[rows], rcond=None)
+            neg = [c for c, b in zip(cols, beta[1:]) if b < 0]
+            if not neg:
+                costs = [0.0] * n_stacks
+                for c, b in zip(cols, beta[1:]):
+                    costs[c] = float(b)
+                return float(beta[0]), costs
+            cols.remove(min(neg, key=lambda c: beta[1 + cols.index(c)]))  # clamp the most negative, refit
+
+    rows = list(range(len(y)))
+    overhead, costs = solve(rows)
+    fitted = [overhead + float(np.dot(costs, X[i])) for i in rows]
+    loo = []
+    for i in rows:
+        o, c = solve([j for j in rows if j != i]) if len(rows) > n_stacks + 2 else (overhead, costs)
+        loo.append(o + float(np.dot(c, X[i])))
+    return {"overhead": overhead, "costs": costs, "unidentified": [s for s in range(n_stacks) if s not in varying],
+            "fitted": fitted, "loo": loo}
+
+
 def build_profile(bank, target: str | dict | HardwareTarget, progress: bool = True,
-                  clock: Clock = time.perf_counter, seed: int = 0) -> LatencyProfile:
-    """Measure every distinct block of ``bank`` on ``target`` (see the module docstring) and the overhead."""
+                  clock: Clock = time.perf_counter, seed: int = 0, extra_plans: int = CALIBRATION_PLANS) -> LatencyProfile:
+    """Measure the calibration plans of ``bank`` on ``target`` end to end and fit the profile to them (see the
+    module docstring)."""
     target = HardwareTarget.resolve(target)
     target.fixed_input_length  # noqa: B018  (a "dev" input length must be fixed first)
     target.check_available()
-    plans = covering_plans(bank)
-    samples: dict[str, list[float]] = {}
-    calls: dict[str, int] = {}
-    overheads: list[float] = []
-    premiums: dict[str, list[float]] = {st: [] for st in bank.stack_names}
-    plan_rows = []
-    timings = [_PlanTiming(bank, plan, target, clock, seed) for plan in plans]
-    p = target.protocol
-    bar = _bar(None, f"profiling {target.name} ({len(plans)} plans, interleaved)", progress, unit="round")
-    try:
-        with pinned_threads(target.n_threads):
-            run_interleaved([t.step for t in timings], p, clock, on_round=lambda _r: bar.update(1))
-    finally:
-        bar.close()
-    for t in timings:
-        m = t.result(skip=p.warmup)
-        # Overhead per iteration: the run's time minus the time its layers took, so both come from the same
-        # run and share its noise.
-        per_iter = [e - sum(sl["seconds"][i] for sl in m["slots"]) for i, e in enumerate(m["e2e"])]
-        overheads.append(_stats.median(per_iter))
-        for st in bank.stack_names:
-            rows = [sl for sl in m["slots"] if sl["stack"] == st]
-            meds = [_stats.median(sl["seconds"]) for sl in rows]
-            # The layer in slot 0 of a stack runs slower, whichever block it is (it is the first to touch its
-            # stack's state each step, after the embeddings or LM head have evicted it from cache). That
-            # premium belongs to the position, not the block: it moves to the overhead, which every plan pays
-            # once per stack.
-            premium = meds[0] - _stats.median(meds[1:]) if len(meds) > 1 else 0.0
-            premiums[st].append(premium)
-            for sl, med in zip(rows, meds):
-                samples.setdefault(sl["block"], []).append(med - (premium if sl["slot"] == 0 else 0.0))
-                calls[sl["block"]] = sl["calls"]
-        plan_rows.append({"plan": str(t.plan), "p50": _stats.median(m["e2e"]), "n": len(m["e2e"])})
-    first_slot = {st: _stats.median(v) for st, v in premiums.items()}
-    blocks = {k: {"seconds": _stats.median(v), "calls": calls.get(k, 0),
-                  "per_call": _stats.median(v) / max(1, calls.get(k, 1)), "measured_in": len(v)}
-              for k, v in sorted(samples.items(), key=lambda kv: _block_order(kv[0], bank.stack_names))}
+    plans = calibration_plans(bank, extra_plans, seed)
+    samples = measure_interleaved(bank, plans, target, seed=seed, clock=clock, progress=progress,
+                                  desc="profiling")
+    p50 = [_stats.median(s) for s in samples]
+    counts = [kept_counts(p) for p in plans]
+    fit = fit_costs(counts, p50)
+    calls = _calls_per_run(bank, target, seed)
+    blocks = {}
+    for s, stack in enumerate(bank.stack_names):
+        spans = [(i, i) for i in range(bank.depths[s])] + [(e.start, e.end) for e in bank.modules.values()
+                                                          if e.stack == stack]
+        for i, j in sorted(spans):
+            block = Block(i, j, LAYER if i == j else MODULE)
+            blocks[_key(stack, block)] = {"seconds": fit["costs"][s], "calls": calls[stack],
+                                          "per_call": fit["costs"][s] / max(1, calls[stack])}
+    rows = [{"plan": str(p), "kept": list(c), "p50": m, "fitted": f, "loo": lo, "n": len(x),
+             "cv": summarize(x)["cv"] if len(x) > 1 else 0.0}
+            for p, c, m, f, lo, x in zip(plans, counts, p50, fit["fitted"], fit["loo"], samples)]
+    fit_summary = {"method": "least squares on interleaved end-to-end p50s",
+                   "per_block": dict(zip(bank.stack_names, fit["costs"])),
+                   "unidentified": [bank.stack_names[s] for s in fit["unidentified"]],
+                   "residual_mape": _mape(fit["fitted"], p50), "loo_mape": _mape(fit["loo"], p50),
+                   "loo_max_error": max(abs(a - b) / b for a, b in zip(fit["loo"], p50))}
     with pinned_threads(target.n_threads):
         fp = fingerprint(target.device)
     return LatencyProfile(target=target.to_dict(), fingerprint=fp, bank_checksum=bank.checksum,
-                          stacks=list(bank.stack_names), blocks=blocks,
-                          overhead=_stats.median(overheads) + sum(first_slot.values()),
-                          first_slot=first_slot, plans=plan_rows,
-                          created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+                          stacks=list(bank.stack_names), blocks=blocks, overhead=fit["overhead"], fit=fit_summary,
+                          plans=rows, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
 
-def _block_order(key: str, stacks: Sequence[str]):
-    stack, block = key.split(":")
-    start, _, end = block.partition("-")
-    return (stacks.index(stack), int(start), int(end or start))
+def _mape(predicted: Sequence[float], measured: Sequence[float]) -> float:
+    return sum(abs(p - m) / m for p, m in zip(predicted, measured)) / len(measured)
 
 
 def _bar(total: int | None, desc: str, enabled: bool, unit: str = "plan"):
@@ -381,35 +446,41 @@ def check_profile(bank, profile: LatencyProfile, n_plans: int = 30, seed: int = 
                   allow_foreign: bool = False) -> dict:
     """Measure ``n_plans`` random plans end to end and compare them with :func:`predict`.
 
-    Returns ``{"mape", "max_error", "spearman", "plans": [{"plan", "predicted", "measured", "cv", "error"}]}``
-    (errors as fractions; ``measured`` is the p50 under the profile's protocol).
-    """
-    from .assembly import assemble
+    The plans are held out: none of them is one of the profile's calibration plans. They are measured in
+    interleaved rounds like the calibration plans, under the profile's protocol.
 
+    Returns ``{"mape", "max_error", "spearman", "plans": [{"plan", "predicted", "measured", "cv", "error",
+    "first_half", "second_half"}]}`` (errors as fractions; ``measured`` is the p50 over all rounds, the halves
+    are the p50s of the first and second half of the rounds: how far a measurement agrees with itself).
+    """
     profile.check_machine(allow_foreign)
     profile.check_bank(bank)
     target = HardwareTarget.from_dict(profile.target, profile.target_name)
     target.check_available()
     if n_plans < 2:
         raise UserError("--plans must be at least 2 (a rank correlation needs two plans)")
-    plans = bank.space().sample(n_plans, seed=seed)
+    calibration = {r["plan"] for r in profile.plans}
+    space = bank.space()
+    if space.count() - len(calibration) < n_plans:
+        raise UserError(f"--plans {n_plans}: the space has only {space.count() - len(calibration)} plans beyond "
+                        "the profile's calibration plans")
+    plans: list[AssemblyPlan] = []
+    draw = n_plans
+    while len(plans) < n_plans:
+        draw = min(space.count(), draw + len(calibration))
+        plans = [p for p in space.sample(draw, seed=seed) if str(p) not in calibration][:n_plans]
+    samples = measure_interleaved(bank, plans, target, seed=seed, progress=progress, desc="checking")
     rows = []
-    bar = _bar(len(plans), f"checking {target.name}", progress)
-    try:
-        for plan in plans:
-            bar.set_postfix_str(str(plan))
-            model, inputs = prepare(assemble(bank, plan), target, seed)
-            lat = measure_latency(model, inputs, target)
-            stats = summarize(lat["samples"])
-            pred = _predict(profile, plan)
-            rows.append({"plan": str(plan), "predicted": pred, "measured": stats["p50"], "cv": stats["cv"],
-                         "error": (pred - stats["p50"]) / stats["p50"]})
-            bar.update(1)
-    finally:
-        bar.close()
+    for plan, xs in zip(plans, samples):
+        stats = summarize(xs)
+        pred = _predict(profile, plan)
+        half = len(xs) // 2
+        rows.append({"plan": str(plan), "predicted": pred, "measured": stats["p50"], "cv": stats["cv"],
+                     "error": (pred - stats["p50"]) / stats["p50"],
+                     "first_half": _stats.median(xs[:half] or xs), "second_half": _stats.median(xs[half:])})
     errs = prediction_errors([r["predicted"] for r in rows], [r["measured"] for r in rows])
     return {**errs, "plans": rows, "target": target.name, "seed": seed}
 
 
-__all__ = ["LatencyProfile", "build_profile", "check_profile", "covering_plans", "predict",
-           "prediction_errors", "spearman"]
+__all__ = ["LatencyProfile", "build_profile", "calibration_plans", "check_profile", "covering_plans", "fit_costs",
+           "measure_interleaved", "predict", "prediction_errors", "spearman"]

@@ -9,8 +9,8 @@ from modsearch import UserError
 from modsearch.cli import main
 from modsearch.plan import DROP
 from modsearch.profile import (
-    LatencyProfile, build_profile, check_profile, covering_plans, predict, prediction_errors, ranks,
-    run_interleaved, spearman,
+    LatencyProfile, build_profile, calibration_plans, check_profile, covering_plans, fit_costs, kept_counts,
+    predict, prediction_errors, ranks, run_interleaved, spearman,
 )
 from modsearch.target import Protocol
 
@@ -20,7 +20,7 @@ FAST = {"name": "fast", "device": "cpu", "threads": 1, "input_length": 8, "outpu
 
 @pytest.fixture(scope="module")
 def profile(banks):
-    return build_profile(banks["m2m_100"], FAST, progress=False)
+    return build_profile(banks["m2m_100"], FAST, progress=False, extra_plans=8)
 
 
 def test_covering_plans_contain_every_block(banks):
@@ -31,14 +31,52 @@ def test_covering_plans_contain_every_block(banks):
     assert set(bank.modules) <= seen
 
 
+def test_calibration_plans_spread_over_kept_counts(banks):
+    bank = banks["m2m_100"]
+    plans = calibration_plans(bank, extra=12, seed=3)
+    covering = covering_plans(bank)
+    assert [str(p) for p in plans[:len(covering)]] == [str(p) for p in covering]
+    assert len(plans) == len(covering) + 12 and len({str(p) for p in plans}) == len(plans)
+    extra = [kept_counts(p) for p in plans[len(covering):]]
+    # Random plans bunch around the middle depths; these are spread: no count pair twice before all are taken.
+    assert len(set(extra)) == len(extra)
+    assert min(c[1] for c in extra) <= 2 and max(c[1] for c in extra) >= 5
+
+
+def test_fit_recovers_costs_and_clamps_negative_ones():
+    counts = [(6, 6), (3, 3), (2, 1), (4, 2), (1, 5), (5, 4)]
+    exact = [0.010 + 0.001 * e + 0.004 * d for e, d in counts]
+    fit = fit_costs(counts, exact)
+    assert fit["overhead"] == pytest.approx(0.010) and fit["costs"] == pytest.approx([0.001, 0.004])
+    assert fit["loo"] == pytest.approx(exact) and fit["unidentified"] == []
+    # A stack that costs nothing but reads slightly negative in noisy data is clamped to 0, the rest refitted.
+    noisy = [0.010 - 0.0001 * e + 0.004 * d for e, d in counts]
+    fit = fit_costs(counts, noisy)
+    assert fit["costs"][0] == 0.0 and fit["costs"][1] > 0
+    # A stack whose count never changes cannot be told from the overhead: the overhead carries it.
+    fit = fit_costs([(2, d) for _, d in counts], [0.010 + 0.002 + 0.004 * d for _, d in counts])
+    assert fit["unidentified"] == [0] and fit["costs"][0] == 0.0
+    assert fit["overhead"] == pytest.approx(0.012) and fit["costs"][1] == pytest.approx(0.004)
+
+
 def test_profile_has_every_block_and_round_trips(profile, banks, tmp_path):
     bank = banks["m2m_100"]
     originals = {f"{s}:{i}" for s, d in zip(bank.stack_names, bank.depths) for i in range(d)}
     modules = {f"{s}:{i}-{j}" for s, i, j in bank.modules}
     assert set(profile.blocks) == originals | modules
-    assert all(v["seconds"] > 0 and v["calls"] >= 1 for v in profile.blocks.values())
+    assert all(v["seconds"] >= 0 and v["calls"] >= 1 for v in profile.blocks.values())  # a fit: 0 when noise wins
     assert profile.blocks["decoder:0"]["calls"] == 4 and profile.blocks["encoder:0"]["calls"] == 1
     assert profile.bank_checksum == bank.checksum and profile.target["protocol"]["min_iterations"] == 2
+    # Every block of a stack costs the same (same layer class and shapes): one fitted cost per stack.
+    for stack in bank.stack_names:
+        assert len({v["seconds"] for k, v in profile.blocks.items() if k.startswith(stack)}) == 1
+    assert profile.fit["per_block"]["decoder"] == profile.blocks["decoder:0-1"]["seconds"]
+    calibration = calibration_plans(bank, 8)
+    assert [r["plan"] for r in profile.plans] == [str(p) for p in calibration]
+    for r in profile.plans:
+        assert r["n"] >= 2 and r["p50"] > 0
+        assert r["fitted"] == pytest.approx(predict(profile, r["plan"]))
+    assert profile.fit["loo_mape"] >= profile.fit["residual_mape"] * 0.5
     path = profile.save(str(tmp_path / "p.json"))
     again = LatencyProfile.load(path)
     assert again.to_json() == profile.to_json()
@@ -68,9 +106,10 @@ def test_profile_of_another_bank_is_refused(profile, banks):
         predict(profile, "0,1,2,3,4,5")
 
 
-def test_check_profile_reports_errors(profile, banks):
+def test_check_profile_reports_errors_on_held_out_plans(profile, banks):
     res = check_profile(banks["m2m_100"], profile, n_plans=3, seed=1, progress=False)
     assert len(res["plans"]) == 3 and res["mape"] >= 0 and res["max_error"] >= res["mape"]
+    assert not {r["plan"] for r in res["plans"]} & {r["plan"] for r in profile.plans}
     for r in res["plans"]:
         assert r["error"] == pytest.approx((r["predicted"] - r["measured"]) / r["measured"])
 
@@ -97,6 +136,30 @@ def test_interleaved_rounds_with_a_fake_clock():
                              clock=lambda: now["t"])
     # 1 s per plan = 2 s in all at 0.5 s per round: 4 rounds (more than min_iterations), after 1 warm-up round.
     assert rounds == 4 and order == ["a", "b"] * 5
+
+
+def test_plans_too_big_to_hold_together_are_measured_in_groups(banks, monkeypatch):
+    from modsearch import profile as prof
+    from modsearch.target import HardwareTarget
+
+    bank = banks["m2m_100"]
+    plans = calibration_plans(bank, 3)
+    target = HardwareTarget.resolve(FAST)
+    one = bank.plan_params(plans[0]) * 4
+    monkeypatch.setattr(prof, "_memory_budget", lambda device: int(one * 1.5))
+    groups = prof._groups(bank, plans, target)
+    assert [str(p) for g in groups for p in g] == [str(p) for p in plans]
+    assert all(sum(bank.plan_params(p) * 4 for p in g) <= one * 1.5 or len(g) == 1 for g in groups)
+    assert len(groups) >= len(plans) // 2
+    built = []
+
+    def counting_assemble(b, plan):
+        from modsearch import assemble
+        built.append(str(plan))
+        return assemble(b, plan)
+
+    samples = prof.measure_interleaved(bank, plans, target, progress=False, assemble_fn=counting_assemble)
+    assert built == [str(p) for p in plans] and all(len(s) >= 2 for s in samples)
 
 
 def _run_cli(argv, capsys):
