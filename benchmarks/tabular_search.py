@@ -135,8 +135,11 @@ def _space(meta):
     return PlanSpace(meta["depths"], [{tuple(x) for x in m} for m in meta["modules"]], drops=meta["drops"])
 
 
-def run_strategy(table_path: str, strategy: str, settings: dict, seed: int, n_max: int, seeded: bool) -> list:
-    """The objective values of each trial, in order, of one replay (plans looked up in the table)."""
+def run_strategy(table_path: str, strategy: str, settings: dict, seed: int, n_max: int, seeded: bool,
+                 latency_profile: str | None = None) -> list:
+    """The objective values of each *distinct* plan one replay evaluates, in order (plans looked up in the
+    table). A plan the sampler proposes again is a cache hit in a real search (it costs nothing), so the budget
+    counts distinct plans; a replay also stops after 20 x n_max trials, should a sampler keep repeating itself."""
     import optuna
 
     from modsearch.genome import PlanGenome
@@ -151,19 +154,24 @@ def run_strategy(table_path: str, strategy: str, settings: dict, seed: int, n_ma
     seeds = seed_plans(None, space, ["teacher", "uniform", "speed-first", "size-first", "drop-alternate",
                                      "drop-one"]) if seeded else []
     if strategy == "baselines":
-        return [values[str(p)] for p, _ in seeds]
+        return list({str(p): values[str(p)] for p, _ in seeds}.values())
     study = optuna.create_study(directions=["minimize", "minimize"],
                                 sampler=make_sampler(strategy, settings, seed=seed))
     for plan, _ in seeds:
         study.enqueue_trial(genome.to_params(plan))
-    out = []
+    out, seen = [], set()
 
     def objective(trial):
-        v = values[str(genome.suggest(trial))]
-        out.append(v)
+        key = str(genome.suggest(trial))
+        v = values[key]
+        if key not in seen:
+            seen.add(key)
+            out.append(v)
+            if len(out) >= n_max:
+                trial.study.stop()
         return v
 
-    study.optimize(objective, n_trials=n_max)
+    study.optimize(objective, n_trials=20 * n_max)
     return out
 
 
