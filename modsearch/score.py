@@ -239,6 +239,7 @@ class EncoderCache:
     batches: list[_Batch]
     hidden: list[torch.Tensor]
     tag: str = ""
+    seconds: float = 0.0  # the encoder pass itself (model time, as generate() would have spent it)
 
     @property
     def nbytes(self) -> int:
@@ -266,11 +267,13 @@ def encode(model: nn.Module, tokenizer, devset: DevSet, task: QualityTask, sourc
         batches = _source_batches(tokenizer, devset, task, prefix, left=False)
         device = _device(model)
         encoder = model.get_encoder()
+        t = time.perf_counter()
         hidden = [encoder(input_ids=b.input_ids.to(device), attention_mask=b.attention_mask.to(device),
                           return_dict=True).last_hidden_state for b in batches]
+        seconds = time.perf_counter() - t
     finally:
         model.train(was_training)
-    return EncoderCache(_cache_key(devset, task, prefix), batches, hidden, tag)
+    return EncoderCache(_cache_key(devset, task, prefix), batches, hidden, tag, seconds)
 
 
 # -- scoring ---------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def worker_storage(url: str, heartbeat_interval: int = 10, grace_period: int | N
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    from .search import _quiet_warnings
+    from .search import _quiet_warnings, sqlite_wal
 
     if "://" not in url:
         raise UserError(f"--storage {url!r} is not a storage URL (postgresql://user@host/db, sqlite:///path.db)")
@@ -71,9 +71,9 @@ def worker_storage(url: str, heartbeat_interval: int = 10, grace_period: int | N
         engine["connect_args"] = {"connect_timeout": 10}
     try:
         with _quiet_warnings():  # RetryHeartbeatStaleTrialCallback is "experimental" since Optuna 2.8
-            return optuna.storages.RDBStorage(
+            return sqlite_wal(optuna.storages.RDBStorage(
                 storage_url(url), engine_kwargs=engine, heartbeat_interval=heartbeat_interval, grace_period=grace,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry)))
     except ImportError as exc:
         raise UserError(f"storage {url!r} needs a database driver that is not installed ({exc}); for "
                         "PostgreSQL: pip install 'modsearch[postgres]'") from None

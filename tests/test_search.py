@@ -1,9 +1,11 @@
 """Search: a static genome every sampler models, baselines first, constraints kept, nothing evaluated twice,
 and a study that a second run continues."""
 
+import contextlib
 import itertools
 import json
 import logging
+import sqlite3
 import warnings
 
 import optuna
@@ -192,6 +194,12 @@ def test_search_end_to_end_continues_and_never_evaluates_a_plan_twice(tiny_setup
     assert (root / "e2e" / "trials.csv").exists() and (root / "e2e" / "trials.parquet").exists()
     df = trials_frame(study)
     assert len(df) == 8 and "user_attrs_plan" in df and "values_quality" in df
+    # SQLite in WAL mode: a trial's ~30 storage writes do not wait for two fsyncs each.
+    with contextlib.closing(sqlite3.connect(root / "e2e" / "study.db")) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # The encoder pass that encoder reuse runs apart from generate() is the model's time too, and recorded.
+    assert all(t.user_attrs["timings"]["encode_s"] >= 0 for t in trials)
+    assert any(t.user_attrs["timings"]["encode_s"] > 0 for t in trials)
 
     # Same command again with a larger budget: the same study continues, and only new plans are evaluated.
     second = run_search(cfg.override(n_trials=14), progress=False, log=None)
