@@ -39,7 +39,7 @@ import sys
 import time
 
 BUDGETS = (0.005, 0.01, 0.02, 0.05)
-DEFAULT = ("nsga2", {"population_size": 16})
+DEFAULT = ("nsga2", {"population_size": 8})  # what make_sampler("nsga2") gives
 
 
 # -- build -----------------------------------------------------------------------------------------------------
@@ -200,8 +200,10 @@ def cmd_replay(a) -> None:
     strategies = [("default", DEFAULT[0], DEFAULT[1], True), ("nsga3", "nsga3", {"population_size": 16}, True),
                   ("tpe", "tpe", {}, True), ("gp", "gp", {}, True), ("random", "random", {}, False),
                   ("random+seeds", "random", {}, True)]
+    for v in a.variant or []:
+        strategies.append(_variant(v))
     if a.strategies:
-        keep = a.strategies.split(",")
+        keep = a.strategies.split(",") + [_variant(v)[0] for v in a.variant or []]
         strategies = [s for s in strategies if s[0] in keep]
     jobs = []
     for label, name, settings, seeded in strategies:
@@ -236,6 +238,20 @@ def cmd_replay(a) -> None:
     d, r = summary.get("default"), summary.get("random")
     if d and r:
         print(f"default: hv@1%={d[1]:.3f} hv@5%={d[3]:.3f} random: hv@1%={r[1]:.3f} hv@5%={r[3]:.3f}")
+
+
+def _variant(text: str) -> tuple:
+    """``label=sampler:key=value,key=value`` (values parsed as JSON when they parse) -> a strategy row."""
+    label, _, rest = text.partition("=")
+    name, _, opts = rest.partition(":")
+    settings = {}
+    for kv in filter(None, opts.split(",")):
+        k, _, v = kv.partition("=")
+        try:
+            settings[k] = json.loads(v)
+        except json.JSONDecodeError:
+            settings[k] = v
+    return (label, name, settings, True)
 
 
 def pareto_front_fast(pts: list[tuple[float, float]]) -> list[int]:
@@ -279,6 +295,8 @@ def main(argv=None) -> None:
     r.add_argument("--seeds", type=int, default=10)
     r.add_argument("--jobs", type=int, default=2)
     r.add_argument("--strategies", help="comma-separated subset: default,nsga3,tpe,gp,random,random+seeds")
+    r.add_argument("--variant", action="append", metavar="LABEL=SAMPLER:K=V,...",
+                   help="also replay a sampler with other settings, seeded, e.g. nsga2-p32=nsga2:population_size=32")
     r.add_argument("--gp-budget-index", type=int, default=1, help="gp runs up to this budget (0=0.5%%, 1=1%%...)")
     r.add_argument("--json")
     a = ap.parse_args(argv)

@@ -33,7 +33,7 @@ The command line overrides the common settings (:meth:`StudyConfig.override`).
 
     [sampler]
     name = "nsga2"                       # nsga2 | nsga3 | tpe | gp | random (+ that sampler's settings)
-    population_size = 16
+    population_size = 8                  # the default (chosen by benchmarks/tabular_search.py)
 
     [budget]
     n_trials = 80                        # the study's total of finished trials (a rerun continues up to it)

@@ -103,6 +103,12 @@ def test_samplers_model_the_whole_static_space_without_fallbacks(name, settings)
         assert set(relative) == set(genome.choices)
 
 
+def test_nsga_population_defaults_to_what_the_tabular_replay_chose():
+    assert make_sampler("nsga2", {}, seed=0)._population_size == 8
+    assert make_sampler("nsga3", {}, seed=0)._population_size == 16
+    assert make_sampler("nsga2", {"population_size": 20}, seed=0)._population_size == 20
+
+
 def test_seed_plans_are_valid_distinct_and_tagged():
     space = _default_space()
     seeds = seed_plans(None, space, ["teacher", "uniform", "speed-first", "size-first", "drop-alternate", "drop-one"])
