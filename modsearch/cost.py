@@ -394,7 +394,7 @@ def cost_report(bank, plan: str | AssemblyPlan, target: str | dict | HardwareTar
         with pinned_threads(target.n_threads):
             report["flops"] = count_flops(bank, plan, model, synthetic_inputs(model, target, seed), target)
     if not on_device:
-        itemsize = torch.empty((), dtype=target.torch_dtype()).element_size()
+        itemsize = target.itemsize
         report["memory"] = {"weights_bytes": int(sum(p.numel() for p in model.parameters())
                                                  + sum(b.numel() for b in model.buffers())) * itemsize}
         report["fingerprint"] = fingerprint("cpu")

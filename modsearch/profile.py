@@ -190,11 +190,6 @@ def covering_plans(bank) -> list[AssemblyPlan]:
     return plans
 
 
-def kept_counts(plan: AssemblyPlan) -> tuple[int, ...]:
-    """Kept blocks per stack: what a plan's latency depends on under the profile's model."""
-    return tuple(sum(1 for b in blocks if b.kind != DROP) for blocks in plan.stacks)
-
-
 def calibration_plans(bank, extra: int = CALIBRATION_PLANS, seed: int = 0) -> list[AssemblyPlan]:
     """The covering plans, then ``extra`` distinct plans chosen so that every combination of kept-block counts
     per stack the space offers is measured about equally often (random plans bunch around the middle depths;
@@ -205,10 +200,10 @@ def calibration_plans(bank, extra: int = CALIBRATION_PLANS, seed: int = 0) -> li
     pool = [p for p in space.sample(min(space.count(), max(200, 40 * extra)), seed=seed) if str(p) not in seen]
     by_counts: dict[tuple[int, ...], list[AssemblyPlan]] = {}
     for p in pool:
-        by_counts.setdefault(kept_counts(p), []).append(p)
+        by_counts.setdefault(p.depths, []).append(p)
     have: dict[tuple[int, ...], int] = {}
     for p in plans:
-        have[kept_counts(p)] = have.get(kept_counts(p), 0) + 1
+        have[p.depths] = have.get(p.depths, 0) + 1
     rng = random.Random(seed)
     while extra > 0 and any(by_counts.values()):
         open_ = [c for c, ps in by_counts.items() if ps]
@@ -259,7 +254,7 @@ def _memory_budget(device: str) -> int:
 def _groups(bank, plans: Sequence[AssemblyPlan], target: HardwareTarget) -> list[list[AssemblyPlan]]:
     """Consecutive plans in groups whose assembled weights fit the memory budget together (one plan per group
     when a single model is already that big: then the plans are measured one after the other)."""
-    itemsize = torch.empty((), dtype=target.torch_dtype()).element_size()
+    itemsize = target.itemsize
     budget = _memory_budget(target.device)
     groups: list[list[AssemblyPlan]] = [[]]
     used = 0
@@ -375,7 +370,7 @@ def build_profile(bank, target: str | dict | HardwareTarget, progress: bool = Tr
     samples = measure_interleaved(bank, plans, target, seed=seed, clock=clock, progress=progress,
                                   desc="profiling")
     p50 = [_stats.median(s) for s in samples]
-    counts = [kept_counts(p) for p in plans]
+    counts = [p.depths for p in plans]
     fit = fit_costs(counts, p50)
     calls = _calls_per_run(bank, target, seed)
     blocks = {}
@@ -393,7 +388,7 @@ def build_profile(bank, target: str | dict | HardwareTarget, progress: bool = Tr
                    "per_block": dict(zip(bank.stack_names, fit["costs"])),
                    "unidentified": [bank.stack_names[s] for s in fit["unidentified"]],
                    "residual_mape": _mape(fit["fitted"], p50), "loo_mape": _mape(fit["loo"], p50),
-                   "loo_max_error": max(abs(a - b) / b for a, b in zip(fit["loo"], p50))}
+                   "loo_max_error": prediction_errors(fit["loo"], p50)["max_error"]}
     with pinned_threads(target.n_threads):
         fp = fingerprint(target.device)
     return LatencyProfile(target=target.to_dict(), fingerprint=fp, bank_checksum=bank.checksum,
@@ -438,8 +433,8 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 def prediction_errors(predicted: Sequence[float], measured: Sequence[float]) -> dict:
     """MAPE and max absolute percentage error (as fractions) and Spearman's rank correlation."""
-    errs = [abs(p - m) / m for p, m in zip(predicted, measured)]
-    return {"mape": sum(errs) / len(errs), "max_error": max(errs), "spearman": spearman(predicted, measured)}
+    return {"mape": _mape(predicted, measured), "max_error": max(abs(p - m) / m for p, m in zip(predicted, measured)),
+            "spearman": spearman(predicted, measured)}
 
 
 def check_profile(bank, profile: LatencyProfile, n_plans: int = 30, seed: int = 0, progress: bool = True,

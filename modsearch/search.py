@@ -809,9 +809,9 @@ def sqlite_wal(storage):
     Optuna writes every parameter and user attribute of a trial in a transaction of its own, about 30 per trial
     here. In SQLite's default rollback journal each one waits for fsyncs: a probe with 12 parameters and 20
     attributes per trial took 242 ms of storage per trial, 75 ms in WAL mode; that was most of a trial's
-    overhead beyond the model's own time. WAL with
-    ``synchronous=NORMAL`` loses nothing when the process is killed (the log is in the OS's hands); a power cut
-    may lose the last trials' writes but never corrupts the file. Readers (optuna-dashboard, pandas) need
+    overhead beyond the model's own time. WAL with ``synchronous=NORMAL`` loses nothing when the process is
+    killed (the log is in the OS's hands); a power cut may lose the last trials' writes but never corrupts the
+    file. Readers (optuna-dashboard, pandas) need
     write access to the folder for the ``-wal``/``-shm`` files, as SQLite's WAL does everywhere.
     """
     engine = getattr(storage, "engine", None)

@@ -196,6 +196,13 @@ class HardwareTarget:
 
         return getattr(torch, self.dtype)
 
+    @property
+    def itemsize(self) -> int:
+        """Bytes per weight in the target's dtype."""
+        import torch
+
+        return torch.empty((), dtype=self.torch_dtype()).element_size()
+
     def check_available(self) -> None:
         """Refuse (one line) a target this machine cannot provide."""
         import torch

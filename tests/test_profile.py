@@ -9,7 +9,7 @@ from modsearch import UserError
 from modsearch.cli import main
 from modsearch.plan import DROP
 from modsearch.profile import (
-    LatencyProfile, build_profile, calibration_plans, check_profile, covering_plans, fit_costs, kept_counts,
+    LatencyProfile, build_profile, calibration_plans, check_profile, covering_plans, fit_costs,
     predict, prediction_errors, ranks, run_interleaved, spearman,
 )
 from modsearch.target import Protocol
@@ -37,7 +37,7 @@ def test_calibration_plans_spread_over_kept_counts(banks):
     covering = covering_plans(bank)
     assert [str(p) for p in plans[:len(covering)]] == [str(p) for p in covering]
     assert len(plans) == len(covering) + 12 and len({str(p) for p in plans}) == len(plans)
-    extra = [kept_counts(p) for p in plans[len(covering):]]
+    extra = [p.depths for p in plans[len(covering):]]
     # Random plans bunch around the middle depths; these are spread: no count pair twice before all are taken.
     assert len(set(extra)) == len(extra)
     assert min(c[1] for c in extra) <= 2 and max(c[1] for c in extra) >= 5
