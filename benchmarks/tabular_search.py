@@ -40,6 +40,7 @@ import time
 
 BUDGETS = (0.005, 0.01, 0.02, 0.05)
 DEFAULT = ("nsga2", {"population_size": 8})  # what make_sampler("nsga2") gives
+TRIAL_FACTOR = 10  # a replay with budget n stops after 10 n trials even if fewer distinct plans came up
 
 
 # -- build -----------------------------------------------------------------------------------------------------
@@ -136,10 +137,11 @@ def _space(meta):
 
 
 def run_strategy(table_path: str, strategy: str, settings: dict, seed: int, n_max: int, seeded: bool,
-                 latency_profile: str | None = None) -> list:
+                 trial_factor: int = TRIAL_FACTOR) -> tuple[list, int]:
     """The objective values of each *distinct* plan one replay evaluates, in order (plans looked up in the
-    table). A plan the sampler proposes again is a cache hit in a real search (it costs nothing), so the budget
-    counts distinct plans; a replay also stops after 20 x n_max trials, should a sampler keep repeating itself."""
+    table), and the number of trials it took. A plan the sampler proposes again is a cache hit in a real search
+    (it costs no model time), so the budget counts distinct plans; a replay also stops after trial_factor x n_max
+    trials, should a sampler keep repeating itself (its later budgets then score the plans it did find)."""
     import optuna
 
     from modsearch.genome import PlanGenome
@@ -154,7 +156,7 @@ def run_strategy(table_path: str, strategy: str, settings: dict, seed: int, n_ma
     seeds = seed_plans(None, space, ["teacher", "uniform", "speed-first", "size-first", "drop-alternate",
                                      "drop-one"]) if seeded else []
     if strategy == "baselines":
-        return list({str(p): values[str(p)] for p, _ in seeds}.values())
+        return list({str(p): values[str(p)] for p, _ in seeds}.values()), len(seeds)
     study = optuna.create_study(directions=["minimize", "minimize"],
                                 sampler=make_sampler(strategy, settings, seed=seed))
     for plan, _ in seeds:
@@ -171,8 +173,8 @@ def run_strategy(table_path: str, strategy: str, settings: dict, seed: int, n_ma
                 trial.study.stop()
         return v
 
-    study.optimize(objective, n_trials=20 * n_max)
-    return out
+    study.optimize(objective, n_trials=trial_factor * n_max)
+    return out, len(study.trials)
 
 
 def hv_at(points: list, budget: int, reference, exact_hv: float) -> float:
@@ -184,7 +186,7 @@ def hv_at(points: list, budget: int, reference, exact_hv: float) -> float:
 def cmd_replay(a) -> None:
     from joblib import Parallel, delayed
 
-    from modsearch.search import hypervolume, pareto_front
+    from modsearch.search import hypervolume
     from modsearch.table import load_table
 
     table, meta = load_table(a.table)
@@ -209,16 +211,35 @@ def cmd_replay(a) -> None:
     for label, name, settings, seeded in strategies:
         cap = budgets[-1] if name != "gp" else budgets[min(a.gp_budget_index, len(budgets) - 1)]
         for seed in range(a.seeds):
-            jobs.append((label, seed, name, settings, seeded, cap))
+            jobs.append({"label": label, "seed": seed, "sampler": name, "settings": settings, "seeded": seeded,
+                         "cap": cap, "trial_factor": a.trial_factor})
+    jobs.sort(key=lambda j: j["sampler"] == "gp")  # the slow one last, so the others are done if it is stopped
+    done = _load_checkpoint(a.checkpoint)
+    todo = [j for j in jobs if _job_key(j) not in done]
+    if done:
+        print(f"checkpoint {a.checkpoint}: {len(jobs) - len(todo)} of {len(jobs)} runs done already", flush=True)
     t0 = time.perf_counter()
-    results = Parallel(n_jobs=a.jobs, verbose=0)(
-        delayed(run_strategy)(a.table, name, settings, seed, cap, seeded)
-        for _label, seed, name, settings, seeded, cap in jobs)
+    ck = open(a.checkpoint, "a") if a.checkpoint else None
+    try:
+        for job, (pts_run, n_trials), took_run in Parallel(n_jobs=a.jobs, return_as="generator_unordered")(
+                delayed(_run_job)(a.table, j) for j in todo):
+            done[_job_key(job)] = {**job, "points": pts_run, "trials": n_trials, "seconds": took_run}
+            print(f"  {job['label']} seed {job['seed']}: {len(pts_run)} plans in {n_trials} trials, "
+                  f"{took_run:.0f} s", flush=True)
+            if ck:
+                ck.write(json.dumps(done[_job_key(job)]) + "\n")
+                ck.flush()
+    finally:
+        if ck:
+            ck.close()
     took = time.perf_counter() - t0
-    baseline_pts = run_strategy(a.table, "baselines", {}, 0, 0, True)
-    rows = {}
-    for (label, _seed, _name, _s, _sd, cap), pts_run in zip(jobs, results):
-        rows.setdefault(label, []).append([hv_at(pts_run, b, ref, exact) if b <= cap else math.nan for b in budgets])
+    baseline_pts, _ = run_strategy(a.table, "baselines", {}, 0, 0, True)
+    rows, trials = {}, {}
+    for job in jobs:
+        run = done[_job_key(job)]
+        rows.setdefault(job["label"], []).append(
+            [hv_at(run["points"], b, ref, exact) if b <= job["cap"] else math.nan for b in budgets])
+        trials.setdefault(job["label"], []).append((len(run["points"]), run["trials"], job["cap"]))
     head = "strategy        " + " ".join(f"hv@{b * 100:g}%".rjust(10) for b in BUDGETS)
     print(head)
     summary = {}
@@ -226,18 +247,49 @@ def cmd_replay(a) -> None:
         med = [statistics.median(r[k] for r in runs) if not math.isnan(runs[0][k]) else math.nan
                for k in range(len(budgets))]
         summary[label] = med
-        print(f"{label:<16}" + " ".join(("-" if math.isnan(m) else f"{m:.4f}").rjust(10) for m in med))
+        stalled = sum(found < cap for found, _n, cap in trials[label])
+        note = f"  ({stalled} of {len(runs)} runs found fewer distinct plans than the budget)" if stalled else ""
+        print(f"{label:<16}" + " ".join(("-" if math.isnan(m) else f"{m:.4f}").rjust(10) for m in med) + note)
     base_hv = hypervolume(baseline_pts, ref) / exact
     print(f"{'baselines alone':<16}{base_hv:>10.4f}  ({len(baseline_pts)} seeded plans; the same at every budget)")
-    print(f"medians over {a.seeds} seeds; gp capped at {budgets[min(a.gp_budget_index, len(budgets) - 1)]} trials "
-          f"(its fit grows cubically with the trials); replay took {took:.0f} s on {a.jobs} processes")
+    print(f"medians over {a.seeds} seeds; gp capped at {budgets[min(a.gp_budget_index, len(budgets) - 1)]} plans "
+          f"(its fit grows cubically with the trials); a run stops after {a.trial_factor} x its budget in trials; "
+          f"replay took {took:.0f} s on {a.jobs} processes" + (" (this invocation)" if len(todo) < len(jobs) else ""))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"budgets": budgets, "reference": ref, "exact_hv": exact, "front": len(front),
-                       "medians": summary, "baselines": base_hv, "runs": rows, "seeds": a.seeds}, f, indent=1)
+                       "medians": summary, "baselines": base_hv, "runs": rows, "seeds": a.seeds,
+                       "trial_factor": a.trial_factor,
+                       "distinct_and_trials": {k: [list(x) for x in v] for k, v in trials.items()}}, f, indent=1)
     d, r = summary.get("default"), summary.get("random")
     if d and r:
         print(f"default: hv@1%={d[1]:.3f} hv@5%={d[3]:.3f} random: hv@1%={r[1]:.3f} hv@5%={r[3]:.3f}")
+
+
+def _job_key(job: dict) -> str:
+    return json.dumps({k: job[k] for k in ("label", "seed", "sampler", "settings", "seeded", "cap", "trial_factor")},
+                      sort_keys=True)
+
+
+def _run_job(table: str, job: dict):
+    t = time.perf_counter()
+    res = run_strategy(table, job["sampler"], job["settings"], job["seed"], job["cap"], job["seeded"],
+                       job["trial_factor"])
+    return job, res, time.perf_counter() - t
+
+
+def _load_checkpoint(path: str | None) -> dict:
+    """Finished runs from an earlier, interrupted replay (one JSON object per line; a torn last line is skipped)."""
+    done = {}
+    if path and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    run = json.loads(line)
+                    done[_job_key(run)] = run
+                except (json.JSONDecodeError, KeyError):
+                    continue
+    return done
 
 
 def _variant(text: str) -> tuple:
@@ -298,6 +350,9 @@ def main(argv=None) -> None:
     r.add_argument("--variant", action="append", metavar="LABEL=SAMPLER:K=V,...",
                    help="also replay a sampler with other settings, seeded, e.g. nsga2-p32=nsga2:population_size=32")
     r.add_argument("--gp-budget-index", type=int, default=1, help="gp runs up to this budget (0=0.5%%, 1=1%%...)")
+    r.add_argument("--trial-factor", type=int, default=TRIAL_FACTOR,
+                   help="a run stops after this many times its budget in trials (default %(default)s)")
+    r.add_argument("--checkpoint", help="JSONL of finished runs: an interrupted replay run again resumes from it")
     r.add_argument("--json")
     a = ap.parse_args(argv)
     {"build": cmd_build, "latency": cmd_latency, "fidelity": cmd_fidelity, "replay": cmd_replay}[a.cmd](a)

@@ -279,7 +279,6 @@ class LayerFlops:
             self.per_layer[name] = costs.pop()
         self.other = counted["other"]
         self.output_length = HardwareTarget.resolve(target).output_length
-        self.counted = counted
 
     def __call__(self, plan: str | AssemblyPlan) -> dict:
         plan = self.bank.plan(plan)

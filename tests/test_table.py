@@ -1,6 +1,8 @@
 """The plan table scores every plan of a space once, and each row equals what assembling that plan gives."""
 
 import json
+import os
+import sys
 
 import pytest
 
@@ -66,3 +68,31 @@ def test_a_checkpoint_of_another_build_is_refused(small_bank, tmp_path):
     with pytest.raises(UserError, match="another bank, data set"):
         build_table(small_bank, DevSet.from_lists(SRC[:3], TGT[:3]), batch_size=4, checkpoint=ckpt, check=0,
                     progress=False)
+
+
+def test_replay_resumes_from_its_checkpoint_with_the_same_figures(small_bank, tmp_path, capsys):
+    """The tabular replay (benchmarks/tabular_search.py) on a table of a small bank: an interrupted replay run
+    again does only the missing runs, and its figures equal an uninterrupted one's."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    import tabular_search
+
+    table = build_table(small_bank, DevSet.from_lists(SRC, TGT), batch_size=4, check=0, progress=False)
+    space = small_bank.space()
+    csv = str(tmp_path / "t.csv")
+    save_table(table, csv, {"depths": space.depths, "modules": [sorted(map(list, m)) for m in space.modules],
+                            "drops": True, "teacher": str(small_bank.teacher_plan())})
+    ckpt, first, second = (str(tmp_path / n) for n in ("runs.jsonl", "a.json", "b.json"))
+    args = ["replay", csv, "--seeds", "3", "--jobs", "1", "--strategies", "default,random", "--checkpoint", ckpt]
+    tabular_search.main(args + ["--json", first])
+    lines = open(ckpt).read().splitlines()
+    assert len(lines) == 6
+    with open(ckpt, "w") as f:  # killed while writing the third run
+        f.write("\n".join(lines[:2]) + "\n" + lines[2][:30])
+    capsys.readouterr()
+    tabular_search.main(args + ["--json", second])
+    assert "2 of 6 runs done already" in capsys.readouterr().out
+    a, b = json.load(open(first)), json.load(open(second))
+    assert a["runs"] == b["runs"] and a["medians"] == b["medians"]
+    for runs in a["runs"].values():
+        for hv in runs:
+            assert all(0 <= x <= 1 + 1e-9 for x in hv) and hv == sorted(hv)  # more plans never lose volume
