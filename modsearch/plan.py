@@ -233,6 +233,49 @@ class PlanSpace:
             out.append(plan)
         return out
 
+    def _kept_ways(self, s: int) -> list[list[int]]:
+        """``ways[p][k]``: tilings of layers p.. of stack ``s`` that keep exactly ``k`` blocks."""
+        depth = self.depths[s]
+        ways = [[0] * (depth + 1) for _ in range(depth + 1)]
+        ways[depth][0] = 1
+        for p in range(depth - 1, -1, -1):
+            for b in self._choices(s, p):
+                if b.end < depth:
+                    kept = 0 if b.kind == DROP else 1
+                    for k in range(kept, depth + 1):
+                        ways[p][k] += ways[b.end + 1][k - kept]
+        return ways
+
+    def kept_counts(self) -> list[list[int]]:
+        """For each stack, every number of kept blocks some plan of the space has (ascending)."""
+        return [[k for k in range(1, d + 1) if self._kept_ways(s)[0][k]] for s, d in enumerate(self.depths)]
+
+    def sample_depths(self, depths: Sequence[int], n: int = 1, seed: int = 0) -> list[AssemblyPlan]:
+        """``n`` plans drawn uniformly among those whose ``depths`` (kept blocks per stack) are ``depths``
+        (not necessarily distinct). Uniform samples bunch around the middle depths; this reaches every depth,
+        the shallowest and deepest too. Raises UserError when no plan of the space has those depths."""
+        tables = [self._kept_ways(s) for s in range(len(self.depths))]
+        for s, k in enumerate(depths):
+            if not 1 <= k <= self.depths[s] or not tables[s][0][k]:
+                raise UserError(f"no plan of this space keeps {k} block(s) in stack {s + 1}")
+        rng = random.Random(seed)
+        out = []
+        for _ in range(n):
+            stacks = []
+            for s, k in enumerate(depths):
+                p, left, blocks = 0, k, []
+                while p < self.depths[s]:
+                    choices = [b for b in self._choices(s, p) if b.end < self.depths[s]]
+                    weights = [tables[s][b.end + 1][left - (b.kind != DROP)] if left - (b.kind != DROP) >= 0
+                               else 0 for b in choices]
+                    b = rng.choices(choices, weights=weights)[0]
+                    blocks.append(b)
+                    left -= b.kind != DROP
+                    p = b.end + 1
+                stacks.append(tuple(blocks))
+            out.append(AssemblyPlan(tuple(stacks)))
+        return out
+
     def contains(self, plan: AssemblyPlan) -> bool:
         try:
             plan.validate(self.depths, self.modules)

@@ -31,7 +31,9 @@ refuse a profile made on another machine unless told otherwise (``allow_foreign=
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
+import itertools
 import json
 import math
 import random
@@ -193,7 +195,7 @@ def covering_plans(bank) -> list[AssemblyPlan]:
 def calibration_plans(bank, extra: int = CALIBRATION_PLANS, seed: int = 0) -> list[AssemblyPlan]:
     """The covering plans, then ``extra`` distinct plans chosen so that every combination of kept-block counts
     per stack the space offers is measured about equally often (random plans bunch around the middle depths;
-    a fit needs the shallow and deep ends too)."""
+    a fit needs the shallow and deep ends too, so a combination no random plan has gets a constructed one)."""
     plans = covering_plans(bank)
     seen = {str(p) for p in plans}
     space = bank.space()
@@ -201,16 +203,28 @@ def calibration_plans(bank, extra: int = CALIBRATION_PLANS, seed: int = 0) -> li
     by_counts: dict[tuple[int, ...], list[AssemblyPlan]] = {}
     for p in pool:
         by_counts.setdefault(p.depths, []).append(p)
+    # A deep stack's extreme counts (one block kept, or all but one) are too rare to come up at random.
+    for i, counts in enumerate(itertools.product(*space.kept_counts())):
+        if counts not in by_counts:
+            plan = space.sample_depths(counts, seed=seed * 7919 + i)[0]
+            if str(plan) not in seen:
+                by_counts[counts] = [plan]
     have: dict[tuple[int, ...], int] = {}
     for p in plans:
         have[p.depths] = have.get(p.depths, 0) + 1
+    # Each stack's count taken per value too: with more combinations than plans (deep banks), the least-taken
+    # combinations alone could still miss a stack's extremes.
+    per_stack = [collections.Counter(p.depths[s] for p in plans) for s in range(len(space.depths))]
     rng = random.Random(seed)
     while extra > 0 and any(by_counts.values()):
         open_ = [c for c, ps in by_counts.items() if ps]
-        least = min(have.get(c, 0) for c in open_)
-        c = rng.choice(sorted(c for c in open_ if have.get(c, 0) == least))
+        key = {c: (have.get(c, 0), sum(per_stack[s][k] for s, k in enumerate(c))) for c in open_}
+        least = min(key.values())
+        c = rng.choice(sorted(c for c in open_ if key[c] == least))
         plans.append(by_counts[c].pop())
         have[c] = have.get(c, 0) + 1
+        for s, k in enumerate(c):
+            per_stack[s][k] += 1
         extra -= 1
     return plans
 

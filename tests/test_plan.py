@@ -111,3 +111,23 @@ def test_no_drops_space_excludes_drops():
     assert all("x" not in str(p) for p in space)
     assert space.count() == sum(1 for _ in space)
     assert math.prod(PlanSpace([6], [ALIGNED_23]).count_per_stack()) > space.count()
+
+
+@pytest.mark.parametrize("drops", [True, False])
+def test_sampling_at_given_depths_is_uniform_over_exactly_those_plans(drops):
+    space = PlanSpace([5, 4], [{(0, 1), (2, 3), (1, 3), (2, 4)}, {(0, 1), (1, 3)}], drops=drops)
+    by_depths = collections.defaultdict(set)
+    for p in space:
+        by_depths[p.depths].add(str(p))
+    assert [sorted({d[s] for d in by_depths}) for s in range(2)] == space.kept_counts()
+    for depths, plans in by_depths.items():
+        draws = collections.Counter(str(p) for p in space.sample_depths(depths, n=200 * len(plans), seed=5))
+        assert set(draws) == plans, depths
+        expected = 200
+        chi2 = sum((c - expected) ** 2 / expected for c in draws.values())
+        assert chi2 < 3 * (len(plans) - 1) + 20, (depths, chi2)
+    with pytest.raises(UserError, match="keeps 9 block"):
+        space.sample_depths((9, 1))
+    if not drops:  # without drops a 4-layer stack with 2- and 3-layer modules keeps at least 2 blocks
+        with pytest.raises(UserError, match="keeps 1 block"):
+            space.sample_depths((1, 1))

@@ -43,6 +43,20 @@ def test_calibration_plans_spread_over_kept_counts(banks):
     assert min(c[1] for c in extra) <= 2 and max(c[1] for c in extra) >= 5
 
 
+def test_calibration_plans_of_a_deep_bank_reach_its_extreme_depths(tmp_path):
+    """16+16 layers: random plans almost never keep 1 or 16 decoder blocks; the fit needs those ends."""
+    import tiny
+    from modsearch import LayerBank
+
+    bank = LayerBank.init(tiny.save_tiny("m2m_100", str(tmp_path / "m"), enc=16, dec=16), str(tmp_path / "b"),
+                          granularities=[2], starts="aligned")
+    plans = calibration_plans(bank, extra=40, seed=0)
+    assert len({str(p) for p in plans}) == len(plans) and all(bank.space().contains(p) for p in plans)
+    dec = {p.depths[1] for p in plans[len(covering_plans(bank)):]}
+    enc = {p.depths[0] for p in plans[len(covering_plans(bank)):]}
+    assert {1, 2, 15, 16} <= dec and {1, 2, 15, 16} <= enc, (sorted(enc), sorted(dec))
+
+
 def test_fit_recovers_costs_and_clamps_negative_ones():
     counts = [(6, 6), (3, 3), (2, 1), (4, 2), (1, 5), (5, 4)]
     exact = [0.010 + 0.001 * e + 0.004 * d for e, d in counts]
