@@ -137,9 +137,9 @@ def _space(meta):
 
 
 def run_strategy(table_path: str, strategy: str, settings: dict, seed: int, n_max: int, seeded: bool,
-                 trial_factor: int = TRIAL_FACTOR) -> tuple[list, int]:
-    """The objective values of each *distinct* plan one replay evaluates, in order (plans looked up in the
-    table), and the number of trials it took. A plan the sampler proposes again is a cache hit in a real search
+                 trial_factor: int = TRIAL_FACTOR) -> dict:
+    """``points``: the objective values of each *distinct* plan one replay evaluates, in order (plans looked up
+    in the table); ``first_trial``: the trial that proposed each first; ``trials``: all trials run. A plan the sampler proposes again is a cache hit in a real search
     (it costs no model time), so the budget counts distinct plans; a replay also stops after trial_factor x n_max
     trials, should a sampler keep repeating itself (its later budgets then score the plans it did find)."""
     import optuna
@@ -156,12 +156,13 @@ def run_strategy(table_path: str, strategy: str, settings: dict, seed: int, n_ma
     seeds = seed_plans(None, space, ["teacher", "uniform", "speed-first", "size-first", "drop-alternate",
                                      "drop-one"]) if seeded else []
     if strategy == "baselines":
-        return list({str(p): values[str(p)] for p, _ in seeds}.values()), len(seeds)
+        pts = list({str(p): values[str(p)] for p, _ in seeds}.values())
+        return {"points": pts, "first_trial": list(range(1, len(pts) + 1)), "trials": len(seeds)}
     study = optuna.create_study(directions=["minimize", "minimize"],
                                 sampler=make_sampler(strategy, settings, seed=seed))
     for plan, _ in seeds:
         study.enqueue_trial(genome.to_params(plan))
-    out, seen = [], set()
+    out, firsts, seen = [], [], set()
 
     def objective(trial):
         key = str(genome.suggest(trial))
@@ -169,12 +170,13 @@ def run_strategy(table_path: str, strategy: str, settings: dict, seed: int, n_ma
         if key not in seen:
             seen.add(key)
             out.append(v)
+            firsts.append(trial.number + 1)
             if len(out) >= n_max:
                 trial.study.stop()
         return v
 
     study.optimize(objective, n_trials=trial_factor * n_max)
-    return out, len(study.trials)
+    return {"points": out, "first_trial": firsts, "trials": len(study.trials)}
 
 
 def hv_at(points: list, budget: int, reference, exact_hv: float) -> float:
@@ -221,10 +223,10 @@ def cmd_replay(a) -> None:
     t0 = time.perf_counter()
     ck = open(a.checkpoint, "a") if a.checkpoint else None
     try:
-        for job, (pts_run, n_trials), took_run in Parallel(n_jobs=a.jobs, return_as="generator_unordered")(
+        for job, res, took_run in Parallel(n_jobs=a.jobs, return_as="generator_unordered")(
                 delayed(_run_job)(a.table, j) for j in todo):
-            done[_job_key(job)] = {**job, "points": pts_run, "trials": n_trials, "seconds": took_run}
-            print(f"  {job['label']} seed {job['seed']}: {len(pts_run)} plans in {n_trials} trials, "
+            done[_job_key(job)] = {**job, **res, "seconds": took_run}
+            print(f"  {job['label']} seed {job['seed']}: {len(res['points'])} plans in {res['trials']} trials, "
                   f"{took_run:.0f} s", flush=True)
             if ck:
                 ck.write(json.dumps(done[_job_key(job)]) + "\n")
@@ -233,13 +235,17 @@ def cmd_replay(a) -> None:
         if ck:
             ck.close()
     took = time.perf_counter() - t0
-    baseline_pts, _ = run_strategy(a.table, "baselines", {}, 0, 0, True)
-    rows, trials = {}, {}
+    baseline_pts = run_strategy(a.table, "baselines", {}, 0, 0, True)["points"]
+    rows, trials, needed = {}, {}, {}
     for job in jobs:
         run = done[_job_key(job)]
         rows.setdefault(job["label"], []).append(
             [hv_at(run["points"], b, ref, exact) if b <= job["cap"] else math.nan for b in budgets])
         trials.setdefault(job["label"], []).append((len(run["points"]), run["trials"], job["cap"]))
+        firsts = run.get("first_trial")  # absent from checkpoints written before it was recorded
+        needed.setdefault(job["label"], []).append(
+            [None if not firsts or b > job["cap"] else firsts[b - 1] if b <= len(firsts) else math.inf
+             for b in budgets])
     head = "strategy        " + " ".join(f"hv@{b * 100:g}%".rjust(10) for b in BUDGETS)
     print(head)
     summary = {}
@@ -250,6 +256,15 @@ def cmd_replay(a) -> None:
         stalled = sum(found < cap for found, _n, cap in trials[label])
         note = f"  ({stalled} of {len(runs)} runs found fewer distinct plans than the budget)" if stalled else ""
         print(f"{label:<16}" + " ".join(("-" if math.isnan(m) else f"{m:.4f}").rjust(10) for m in med) + note)
+    print("trials a study runs to evaluate that many distinct plans (median; a re-proposed plan is a trial "
+          "served from the cache; inf: not within the trial cap)")
+    print(head)
+    trials_summary = {}
+    for label, runs in needed.items():
+        med = [None if any(r[k] is None for r in runs) else statistics.median(r[k] for r in runs)
+               for k in range(len(budgets))]
+        trials_summary[label] = med
+        print(f"{label:<16}" + " ".join(("-" if m is None else f"{m:g}").rjust(10) for m in med))
     base_hv = hypervolume(baseline_pts, ref) / exact
     print(f"{'baselines alone':<16}{base_hv:>10.4f}  ({len(baseline_pts)} seeded plans; the same at every budget)")
     print(f"medians over {a.seeds} seeds; gp capped at {budgets[min(a.gp_budget_index, len(budgets) - 1)]} plans "
@@ -260,7 +275,9 @@ def cmd_replay(a) -> None:
             json.dump({"budgets": budgets, "reference": ref, "exact_hv": exact, "front": len(front),
                        "medians": summary, "baselines": base_hv, "runs": rows, "seeds": a.seeds,
                        "trial_factor": a.trial_factor,
-                       "distinct_and_trials": {k: [list(x) for x in v] for k, v in trials.items()}}, f, indent=1)
+                       "distinct_and_trials": {k: [list(x) for x in v] for k, v in trials.items()},
+                       "trials_to_budget": {k: [m if m is None or math.isfinite(m) else "inf" for m in v]
+                                            for k, v in trials_summary.items()}}, f, indent=1)
     d, r = summary.get("default"), summary.get("random")
     if d and r:
         print(f"default: hv@1%={d[1]:.3f} hv@5%={d[3]:.3f} random: hv@1%={r[1]:.3f} hv@5%={r[3]:.3f}")

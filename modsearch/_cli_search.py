@@ -17,7 +17,9 @@ _DESCRIPTION = (
     "and the storage (default: SQLite in the study's folder). Baselines (teacher, uniform granularities, "
     "speed-first, size-first, layer dropping) are evaluated first and tagged. Every evaluation is cached by "
     "bank, plan, data, task and target, so no plan is evaluated twice, across trials, restarts and studies. "
-    "Running the same command again continues the study up to budget.n_trials finished trials.")
+    "Running the same command again continues the study up to its budget: budget.n_trials finished trials "
+    "and/or budget.n_plans distinct plans (a plan the sampler proposes again is a trial served from the cache, "
+    "which n_plans does not count).")
 
 
 def add_search_parser(sub, fmt, examples) -> None:
@@ -27,6 +29,7 @@ def add_search_parser(sub, fmt, examples) -> None:
                        epilog=examples("""
                            modsearch search studies/bible-en-fr.toml
                            modsearch search studies/bible-en-fr.toml --n-trials 200 --timeout 3600
+                           modsearch search studies/bible-en-fr.toml --n-plans 210   # 1 % of the default space
                            modsearch search studies/bible-en-fr.toml --sampler tpe --study-name tpe-run --seed 1
                            modsearch search studies/bible-en-fr.toml --storage postgresql://u:p@db/modsearch
                            optuna-dashboard sqlite:///studies/bible-en-fr/study.db   # browse the study"""))
@@ -34,7 +37,11 @@ def add_search_parser(sub, fmt, examples) -> None:
     s.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the file's, else SQLite in "
                                                     "the study's folder)")
     s.add_argument("--study-name", metavar="NAME", help="study name (default: the file's name key or stem)")
-    s.add_argument("--n-trials", type=int, metavar="N", help="stop when the study has N finished trials in all")
+    s.add_argument("--n-trials", type=int, metavar="N",
+                   help="stop when the study has N finished trials in all (replaces the file's n_trials and n_plans)")
+    s.add_argument("--n-plans", type=int, metavar="N",
+                   help="stop when the study has N distinct plans: a re-proposed plan is not counted "
+                        "(replaces the file's n_trials and n_plans; with --n-trials, whichever comes first)")
     s.add_argument("--timeout", type=float, metavar="S", help="stop this run after S seconds")
     s.add_argument("--sampler", metavar="NAME", help="nsga2 | nsga3 | tpe | gp | random")
     s.add_argument("--seed", type=int, metavar="S", help="sampler seed")
@@ -47,11 +54,13 @@ def cmd_search(a) -> int:
     from .study import StudyConfig
 
     cfg = StudyConfig.load(a.study).override(storage=a.storage, study_name=a.study_name, n_trials=a.n_trials,
-                                             timeout=a.timeout, sampler=a.sampler, seed=a.seed)
+                                             n_plans=a.n_plans, timeout=a.timeout, sampler=a.sampler,
+                                             seed=a.seed)
     result = run_search(cfg, progress=not a.quiet, log=None if a.quiet else print)
     state = "interrupted" if result.interrupted else "done"
     ev = result.evaluations
-    print(f"\nstudy {cfg.name} {state}: {result.n_trials} finished trial(s), {result.new_trials} new; "
+    print(f"\nstudy {cfg.name} {state}: {result.n_trials} finished trial(s), {result.new_trials} new, "
+          f"{result.n_plans} distinct plan(s); "
           f"{ev.get('quality', 0)} quality and {ev.get('cost', 0)} cost evaluation(s) run, "
           f"{ev.get('cached', 0)} served from the cache; hypervolume {result.hypervolume:.4f} (teacher-normalised)")
     print(f"frontier ({len(result.frontier)} feasible Pareto-optimal trial(s)):")

@@ -47,6 +47,7 @@ __all__ = ["EvaluationCache", "PlanEvaluator", "SearchResult", "evaluate_plan", 
 #: Bump when a change to scoring or costing makes stored evaluations stale.
 CACHE_VERSION = 1
 _FINISHED = ("COMPLETE",)
+PLAN_TRIAL_FACTOR = 10  # a budget of n plans also stops at 10 n trials, should a sampler only repeat itself
 
 
 # -- the cache -------------------------------------------------------------------------------------------------
@@ -553,6 +554,7 @@ class SearchResult:
     hypervolume: float
     files: dict = field(default_factory=dict)
     teacher: dict = field(default_factory=dict)
+    n_plans: int = 0  # distinct plans in the study
 
 
 def _metrics(rec: dict, teacher: dict | None) -> dict:
@@ -581,8 +583,10 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
                callbacks: Sequence[Callable] = (), *, storage=None, optimize: Callable | None = None,
                on_ready: Callable | None = None) -> SearchResult:
     """Run the study ``cfg`` describes, or continue it: it stops at ``n_trials`` finished trials in the study
-    (not in this run), or after ``timeout`` seconds of this run, or at Ctrl-C (the trial under way is marked
-    failed; every completed one is kept).
+    (not in this run), or at ``n_plans`` distinct plans in it (a sampler that proposes one of its plans again
+    gets a trial served from the cache, which ``n_plans`` does not count; at most ``PLAN_TRIAL_FACTOR x n_plans``
+    trials), or after ``timeout`` seconds of this run, or at Ctrl-C (the trial under way is marked failed;
+    every completed one is kept).
 
     Trials left RUNNING by a process of this host that no longer exists (killed mid-trial) are failed and
     queued again with the same plan before the study continues.
@@ -674,6 +678,12 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
 
         finished = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name in _FINISHED)
         remaining = None if cfg.n_trials is None else max(0, cfg.n_trials - finished)
+        plans = _study_plans(study)
+        plans_left = None
+        if cfg.n_plans is not None:
+            plans_left = max(0, cfg.n_plans - len(plans))
+            cap = max(0, PLAN_TRIAL_FACTOR * cfg.n_plans - finished) if plans_left else 0
+            remaining = cap if remaining is None else min(remaining, cap)
         if n_seeded:
             say(f"enqueued {n_seeded} baseline plan(s) ({', '.join(sorted({s for _, s in seeds}))})")
         if existing:
@@ -682,22 +692,31 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
             on_ready()
 
         objective = _objective(cfg, evaluator, genome, teacher, maximize)
-        bar = _ProgressBar(study, remaining, teacher, cfg.objectives, maximize, enabled=progress)
+        bar = _ProgressBar(study, remaining if plans_left is None else plans_left, teacher, cfg.objectives,
+                           maximize, enabled=progress, plans=None if plans_left is None else plans)
+        stops = [] if cfg.n_plans is None else [_stop_at_plans(plans, cfg.n_plans)]
         interrupted = False
         if remaining != 0:
             try:
                 if optimize is not None:
-                    optimize(study, objective, remaining, cfg.timeout, [bar.update, *callbacks])
+                    optimize(study, objective, remaining, cfg.timeout, [bar.update, *stops, *callbacks])
                 else:
                     study.optimize(objective, n_trials=remaining, timeout=cfg.timeout,
-                                   callbacks=[bar.update, *callbacks], gc_after_trial=False)
+                                   callbacks=[bar.update, *stops, *callbacks], gc_after_trial=False)
             except KeyboardInterrupt:
                 interrupted = True
             finally:
                 bar.close()
         else:
-            say(f"study {cfg.name} already has {finished} finished trial(s) (n_trials = {cfg.n_trials}); "
-                "raise --n-trials to continue it")
+            if plans_left == 0:
+                say(f"study {cfg.name} already has {len(plans)} distinct plan(s) (n_plans = {cfg.n_plans}); "
+                    "raise --n-plans to continue it")
+            elif cfg.n_plans is not None and (cfg.n_trials is None or finished < cfg.n_trials):
+                say(f"study {cfg.name} has run {finished} trial(s), {PLAN_TRIAL_FACTOR} x n_plans, for "
+                    f"{len(plans)} distinct plan(s): its sampler keeps proposing known plans")
+            else:
+                say(f"study {cfg.name} already has {finished} finished trial(s) (n_trials = {cfg.n_trials}); "
+                    "raise --n-trials to continue it")
     finally:
         optuna.logging.set_verbosity(previous)
 
@@ -709,7 +728,22 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
     return SearchResult(study=study, frontier=frontier, n_trials=finished_after,
                         new_trials=finished_after - finished, interrupted=interrupted,
                         evaluations=dict(evaluator.counts) | ({"cache_hits": cache.hits} if cache else {}),
-                        hypervolume=hv, files=files, teacher=teacher)
+                        hypervolume=hv, files=files, teacher=teacher, n_plans=len(_study_plans(study)))
+
+
+def _study_plans(study) -> set[str]:
+    return {t.user_attrs.get("plan") for t in study.get_trials(deepcopy=False) if t.state.name in _FINISHED}
+
+
+def _stop_at_plans(plans: set[str], n_plans: int) -> Callable:
+    """A callback that stops the study once it holds ``n_plans`` distinct plans (``plans``: those it has)."""
+    def stop(study, trial) -> None:
+        if trial.state.name in _FINISHED:
+            plans.add(trial.user_attrs.get("plan"))
+        if len(plans) >= n_plans:
+            study.stop()
+
+    return stop
 
 
 def _objective(cfg, evaluator: PlanEvaluator, genome: PlanGenome, teacher: dict, maximize: bool):
@@ -864,25 +898,34 @@ def _load_profile(cfg, bank, target, say, progress):
 
 # -- progress --------------------------------------------------------------------------------------------------
 class _ProgressBar:
-    """trials done / to do, the size of the feasible front and its teacher-normalised hypervolume."""
+    """trials done / to do (or, with ``plans``, the study's plans so far, new plans / to do), the size of the
+    feasible front and its teacher-normalised hypervolume."""
 
-    def __init__(self, study, total, teacher, objectives, maximize, enabled=True):
+    def __init__(self, study, total, teacher, objectives, maximize, enabled=True, plans: set | None = None):
         self.teacher, self.objectives, self.maximize = teacher, objectives, maximize
         self.bar = None
+        self.plans = None if plans is None else set(plans)
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc="search", unit="trial", dynamic_ncols=True)
+            self.bar = tqdm(total=total, desc="search", unit="trial" if plans is None else "plan",
+                            dynamic_ncols=True)
 
     def update(self, study, trial) -> None:
         if self.bar is None:
             return
+        new = True
+        if self.plans is not None:
+            plan = trial.user_attrs.get("plan")
+            new = trial.state.name in _FINISHED and plan not in self.plans
+            self.plans.add(plan)
         points = _feasible_losses(study, self.teacher, self.objectives, self.maximize)
         front = pareto_front(points)
         hv = hypervolume([points[i] for i in front], _reference(len(self.objectives), self.maximize))
         self.bar.set_postfix_str(f"front {len(front)}, HV {hv:.4f}, last {trial.user_attrs.get('plan', '?')}",
-                                 refresh=False)
-        self.bar.update(1)
+                                 refresh=not new)
+        if new:
+            self.bar.update(1)
 
     def close(self):
         if self.bar is not None:

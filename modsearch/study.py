@@ -37,6 +37,7 @@ The command line overrides the common settings (:meth:`StudyConfig.override`).
 
     [budget]
     n_trials = 80                        # the study's total of finished trials (a rerun continues up to it)
+    # n_plans = 60                       # or/and: its total of distinct plans (re-proposals, served from the cache, not counted)
     timeout = 540                        # seconds for this run
 
     [seeds]
@@ -83,7 +84,7 @@ _SECTIONS = {
              "primary_key"},
     "space": {"drops", "granularities"},
     "sampler": {"name"} | {k for s in SAMPLERS.values() for k in s},
-    "budget": {"n_trials", "timeout"},
+    "budget": {"n_trials", "n_plans", "timeout"},
     "seeds": {"strategies", "plans"},
     "cost": {"profile", "allow_foreign_profile", "measure_latency"},
 }
@@ -150,6 +151,7 @@ class StudyConfig:
     sampler: str = "nsga2"
     sampler_settings: dict = field(default_factory=dict)
     n_trials: int | None = None
+    n_plans: int | None = None
     timeout: float | None = None
     seed: int = 0
     storage: str = ""
@@ -267,13 +269,15 @@ class StudyConfig:
         settings = _sampler_settings(sname, sampler, where)
 
         budget = raw.get("budget", {})
-        n_trials, timeout = budget.get("n_trials"), budget.get("timeout")
+        n_trials, n_plans, timeout = budget.get("n_trials"), budget.get("n_plans"), budget.get("timeout")
         if n_trials is not None:
             _need(_is_int(n_trials) and n_trials >= 1, where, "budget.n_trials", "an integer >= 1", n_trials)
+        if n_plans is not None:
+            _need(_is_int(n_plans) and n_plans >= 1, where, "budget.n_plans", "an integer >= 1", n_plans)
         if timeout is not None:
             _need(_is_num(timeout) and timeout > 0, where, "budget.timeout", "a number of seconds > 0", timeout)
-        _need(n_trials is not None or timeout is not None, where, "budget", "a table with n_trials and/or timeout",
-              budget or None)
+        _need(n_trials is not None or n_plans is not None or timeout is not None, where, "budget",
+              "a table with n_trials, n_plans and/or timeout", budget or None)
 
         seed = raw.get("seed", 0)
         _need(_is_int(seed) and seed >= 0, where, "seed", "an integer >= 0", seed)
@@ -314,7 +318,8 @@ class StudyConfig:
         cfg = cls(name=name, bank=path(bank), data_path=data_path, target=target, objectives=list(objectives),
                   constraints=constraints, data=data, task=task, drops=drops,
                   granularities=list(grans) if grans else None, sampler=sname, sampler_settings=settings,
-                  n_trials=n_trials, timeout=float(timeout) if timeout is not None else None, seed=seed,
+                  n_trials=n_trials, n_plans=n_plans, timeout=float(timeout) if timeout is not None else None,
+                  seed=seed,
                   storage=storage, output=output, cache=cache, seed_strategies=list(strategies),
                   seed_plans=list(plans), profile=profile, allow_foreign_profile=foreign,
                   measure_latency=measure, source=source)
@@ -322,8 +327,10 @@ class StudyConfig:
 
     # -- command-line overrides ---------------------------------------------------------------------------
     def override(self, *, storage: str | None = None, study_name: str | None = None, n_trials: int | None = None,
-                 timeout: float | None = None, sampler: str | None = None, seed: int | None = None) -> StudyConfig:
-        """A copy with the given settings replaced (``None`` keeps the file's value)."""
+                 timeout: float | None = None, sampler: str | None = None, seed: int | None = None,
+                 n_plans: int | None = None) -> StudyConfig:
+        """A copy with the given settings replaced (``None`` keeps the file's value; ``n_trials`` or ``n_plans``
+        alone replaces both of the file's count budgets)."""
         changes: dict = {}
         if study_name is not None:
             if not re.fullmatch(r"[\w.-]+", study_name):
@@ -338,6 +345,13 @@ class StudyConfig:
             if n_trials < 1:
                 raise UserError(f"--n-trials must be >= 1, not {n_trials}")
             changes["n_trials"] = n_trials
+        if n_plans is not None:
+            if n_plans < 1:
+                raise UserError(f"--n-plans must be >= 1, not {n_plans}")
+            changes["n_plans"] = n_plans
+        if (n_trials is None) != (n_plans is None):  # a count budget given here replaces the file's
+            changes.setdefault("n_trials", None)
+            changes.setdefault("n_plans", None)
         if timeout is not None:
             if timeout <= 0:
                 raise UserError(f"--timeout must be > 0 seconds, not {timeout}")

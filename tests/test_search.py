@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 import tiny
-from modsearch import LayerBank
+from modsearch import LayerBank, UserError
 from modsearch.cli import main
 from modsearch.genome import PlanGenome
 from modsearch.plan import PlanSpace
@@ -265,3 +265,44 @@ def test_cli_search_prints_the_frontier_and_refuses_a_changed_study(tiny_setup, 
     assert main(["search", changed, "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "another objectives" in err
+
+
+
+def test_a_budget_of_plans_counts_distinct_plans_not_re_proposals(tiny_setup):
+    cfg = StudyConfig.load(_study(tiny_setup, "plans", n_trials=1)).override(n_plans=9)
+    assert cfg.n_trials is None and cfg.n_plans == 9  # a count budget given here replaces the file's
+    result = run_search(cfg, progress=False, log=None)
+    done = [t for t in result.study.trials if t.state.name == "COMPLETE"]
+    assert result.n_plans == 9 == len({t.user_attrs["plan"] for t in done})
+    # The trial that brought the ninth plan was the last.
+    assert done[-1].user_attrs["plan"] not in {t.user_attrs["plan"] for t in done[:-1]}
+    again = run_search(cfg.override(n_plans=12), progress=False, log=None)
+    assert again.n_plans == 12 and again.new_trials >= 3
+    assert run_search(cfg.override(n_plans=12), progress=False, log=None).new_trials == 0
+
+
+def test_a_budget_of_plans_beyond_the_space_stops_at_its_trial_cap(tiny_setup):
+    # Without drops, 4 layers with modules 0-1 and 2-3 tile 4 ways: 16 plans, fewer than the 17 asked for.
+    # A sampler then only re-proposes known plans (trials served from the cache): it stops at 10 x 17 trials.
+    from modsearch.search import PLAN_TRIAL_FACTOR
+
+    path = _study(tiny_setup, "full", n_trials=1, extra="[space]\ndrops = false")
+    lines = []
+    result = run_search(StudyConfig.load(path).override(n_plans=17), progress=False, log=lines.append)
+    assert result.n_plans == 16 and result.n_trials == PLAN_TRIAL_FACTOR * 17
+    assert result.evaluations.get("quality", 0) <= 16
+    rerun = run_search(StudyConfig.load(path).override(n_plans=17), progress=False, log=lines.append)
+    assert rerun.new_trials == 0 and any("keeps proposing known plans" in line for line in lines)
+
+
+def test_budget_of_plans_is_validated_and_refused_by_workers(tiny_setup):
+    text = open(_study(tiny_setup, "budget", n_trials=1)).read()
+    bad = tiny_setup / "bad-budget.toml"
+    bad.write_text(text.replace("n_trials = 1", "n_plans = 0"))
+    with pytest.raises(UserError, match="budget.n_plans"):
+        StudyConfig.load(str(bad))
+    bad.write_text(text.replace("n_trials = 1", "n_plans = 5"))
+    from modsearch.worker import run_worker
+
+    with pytest.raises(UserError, match="budget.n_plans is for `modsearch search`"):
+        run_worker(StudyConfig.load(str(bad)).override(n_trials=5, n_plans=5), "sqlite:///unused.db")
