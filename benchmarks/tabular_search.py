@@ -258,7 +258,7 @@ def cmd_replay(a) -> None:
         print(f"{label:<16}" + " ".join(("-" if math.isnan(m) else f"{m:.4f}").rjust(10) for m in med) + note)
     print("trials a study runs to evaluate that many distinct plans (median; a re-proposed plan is a trial "
           "served from the cache; inf: not within the trial cap)")
-    print(head)
+    print("strategy        " + " ".join(f"{b:,} plans".rjust(10) for b in budgets))
     trials_summary = {}
     for label, runs in needed.items():
         med = [None if any(r[k] is None for r in runs) else statistics.median(r[k] for r in runs)
