@@ -153,11 +153,9 @@ def run_worker(cfg, url: str, *, heartbeat_interval: int = 10, grace_period: int
     from . import search
     from .search import _quiet_warnings, run_search, worker_id
 
-    if cfg.n_trials is None:
-        raise UserError(f"study {cfg.name}: workers need budget.n_trials (the study's total of trials)")
-    if cfg.n_plans is not None:
-        raise UserError(f"study {cfg.name}: workers share an exact budget of trials; budget.n_plans is for "
-                        "`modsearch search` (remove it, or run the study there)")
+    if cfg.n_trials is None or cfg.n_plans is not None:
+        raise UserError(f"study {cfg.name}: workers share an exact budget of trials: set budget.n_trials or pass "
+                        "--n-trials N (budget.n_plans is for `modsearch search`)")
     say = log or (lambda _m: None)
     # The lock also covers opening the storage: RDBStorage creates its tables on first use, and concurrent
     # creators collide in PostgreSQL's catalog.
