@@ -139,9 +139,10 @@ def _space(meta):
 def run_strategy(table_path: str, strategy: str, settings: dict, seed: int, n_max: int, seeded: bool,
                  trial_factor: int = TRIAL_FACTOR) -> dict:
     """``points``: the objective values of each *distinct* plan one replay evaluates, in order (plans looked up
-    in the table); ``first_trial``: the trial that proposed each first; ``trials``: all trials run. A plan the sampler proposes again is a cache hit in a real search
-    (it costs no model time), so the budget counts distinct plans; a replay also stops after trial_factor x n_max
-    trials, should a sampler keep repeating itself (its later budgets then score the plans it did find)."""
+    in the table); ``first_trial``: the trial that proposed each first; ``trials``: all trials run. A plan the
+    sampler proposes again is a cache hit in a real search (it costs no model time), so the budget counts
+    distinct plans; a replay also stops after trial_factor x n_max trials, should a sampler keep repeating itself
+    (its later budgets then score the plans it did find)."""
     import optuna
 
     from modsearch.genome import PlanGenome

@@ -158,8 +158,10 @@ class PlanSpace:
         self.depths = list(depths)
         self.modules = [set(m) for m in modules]
         self.drops = drops
-        # ways[s][p]: number of tilings of layers p..depth-1 of stack s (including all-dropped ones).
-        self._ways = [self._tilings(d, m) for d, m in zip(self.depths, self.modules)]
+        # _kept[s][p][k]: tilings of layers p..depth-1 of stack s that keep exactly k blocks; _ways[s][p]: all of
+        # them (including all-dropped ones).
+        self._kept = [self._kept_ways(s) for s in range(len(self.depths))]
+        self._ways = [[sum(row) for row in kept] for kept in self._kept]
 
     def _choices(self, stack: int, p: int) -> list[Block]:
         out = [Block(p, p, LAYER)]
@@ -167,14 +169,6 @@ class PlanSpace:
             out.append(Block(p, p, DROP))
         out += [Block(i, j, MODULE) for i, j in sorted(self.modules[stack]) if i == p]
         return out
-
-    def _tilings(self, depth: int, modules: set[tuple[int, int]]) -> list[int]:
-        ways = [0] * (depth + 1)
-        ways[depth] = 1
-        for p in range(depth - 1, -1, -1):
-            ways[p] = ways[p + 1] * (2 if self.drops else 1)
-            ways[p] += sum(ways[j + 1] for i, j in modules if i == p and j < depth)
-        return ways
 
     def count_per_stack(self) -> list[int]:
         return [w[0] - (1 if self.drops else 0) for w in self._ways]
@@ -248,15 +242,14 @@ class PlanSpace:
 
     def kept_counts(self) -> list[list[int]]:
         """For each stack, every number of kept blocks some plan of the space has (ascending)."""
-        return [[k for k in range(1, d + 1) if self._kept_ways(s)[0][k]] for s, d in enumerate(self.depths)]
+        return [[k for k in range(1, d + 1) if self._kept[s][0][k]] for s, d in enumerate(self.depths)]
 
     def sample_depths(self, depths: Sequence[int], n: int = 1, seed: int = 0) -> list[AssemblyPlan]:
         """``n`` plans drawn uniformly among those whose ``depths`` (kept blocks per stack) are ``depths``
         (not necessarily distinct). Uniform samples bunch around the middle depths; this reaches every depth,
         the shallowest and deepest too. Raises UserError when no plan of the space has those depths."""
-        tables = [self._kept_ways(s) for s in range(len(self.depths))]
         for s, k in enumerate(depths):
-            if not 1 <= k <= self.depths[s] or not tables[s][0][k]:
+            if not 1 <= k <= self.depths[s] or not self._kept[s][0][k]:
                 raise UserError(f"no plan of this space keeps {k} block(s) in stack {s + 1}")
         rng = random.Random(seed)
         out = []
@@ -266,12 +259,12 @@ class PlanSpace:
                 p, left, blocks = 0, k, []
                 while p < self.depths[s]:
                     choices = [b for b in self._choices(s, p) if b.end < self.depths[s]]
-                    weights = [tables[s][b.end + 1][left - (b.kind != DROP)] if left - (b.kind != DROP) >= 0
-                               else 0 for b in choices]
-                    b = rng.choices(choices, weights=weights)[0]
-                    blocks.append(b)
-                    left -= b.kind != DROP
-                    p = b.end + 1
+                    rest = [left - (b.kind != DROP) for b in choices]  # blocks still to keep after b
+                    weights = [self._kept[s][b.end + 1][r] if r >= 0 else 0 for b, r in zip(choices, rest)]
+                    i = rng.choices(range(len(choices)), weights=weights)[0]
+                    blocks.append(choices[i])
+                    left = rest[i]
+                    p = choices[i].end + 1
                 stacks.append(tuple(blocks))
             out.append(AssemblyPlan(tuple(stacks)))
         return out

@@ -209,20 +209,18 @@ def calibration_plans(bank, extra: int = CALIBRATION_PLANS, seed: int = 0) -> li
             plan = space.sample_depths(counts, seed=seed * 7919 + i)[0]
             if str(plan) not in seen:
                 by_counts[counts] = [plan]
-    have: dict[tuple[int, ...], int] = {}
-    for p in plans:
-        have[p.depths] = have.get(p.depths, 0) + 1
+    have = collections.Counter(p.depths for p in plans)
     # Each stack's count taken per value too: with more combinations than plans (deep banks), the least-taken
     # combinations alone could still miss a stack's extremes.
     per_stack = [collections.Counter(p.depths[s] for p in plans) for s in range(len(space.depths))]
     rng = random.Random(seed)
     while extra > 0 and any(by_counts.values()):
         open_ = [c for c, ps in by_counts.items() if ps]
-        key = {c: (have.get(c, 0), sum(per_stack[s][k] for s, k in enumerate(c))) for c in open_}
+        key = {c: (have[c], sum(per_stack[s][k] for s, k in enumerate(c))) for c in open_}
         least = min(key.values())
         c = rng.choice(sorted(c for c in open_ if key[c] == least))
         plans.append(by_counts[c].pop())
-        have[c] = have.get(c, 0) + 1
+        have[c] += 1
         for s, k in enumerate(c):
             per_stack[s][k] += 1
         extra -= 1

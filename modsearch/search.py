@@ -694,15 +694,16 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
         objective = _objective(cfg, evaluator, genome, teacher, maximize)
         bar = _ProgressBar(study, remaining if plans_left is None else plans_left, teacher, cfg.objectives,
                            maximize, enabled=progress, plans=None if plans_left is None else plans)
+        # The plan count first: the bar reads the set it keeps.
         stops = [] if cfg.n_plans is None else [_stop_at_plans(plans, cfg.n_plans)]
         interrupted = False
         if remaining != 0:
             try:
                 if optimize is not None:
-                    optimize(study, objective, remaining, cfg.timeout, [bar.update, *stops, *callbacks])
+                    optimize(study, objective, remaining, cfg.timeout, [*stops, bar.update, *callbacks])
                 else:
                     study.optimize(objective, n_trials=remaining, timeout=cfg.timeout,
-                                   callbacks=[bar.update, *stops, *callbacks], gc_after_trial=False)
+                                   callbacks=[*stops, bar.update, *callbacks], gc_after_trial=False)
             except KeyboardInterrupt:
                 interrupted = True
             finally:
@@ -898,13 +899,13 @@ def _load_profile(cfg, bank, target, say, progress):
 
 # -- progress --------------------------------------------------------------------------------------------------
 class _ProgressBar:
-    """trials done / to do (or, with ``plans``, the study's plans so far, new plans / to do), the size of the
-    feasible front and its teacher-normalised hypervolume."""
+    """trials done / to do (or, with ``plans``, the study's plan set that a ``_stop_at_plans`` callback keeps:
+    new plans / to do), the size of the feasible front and its teacher-normalised hypervolume."""
 
     def __init__(self, study, total, teacher, objectives, maximize, enabled=True, plans: set | None = None):
         self.teacher, self.objectives, self.maximize = teacher, objectives, maximize
         self.bar = None
-        self.plans = None if plans is None else set(plans)
+        self.plans, self.n_seen = plans, len(plans or ())
         if enabled:
             from tqdm.auto import tqdm
 
@@ -916,9 +917,7 @@ class _ProgressBar:
             return
         new = True
         if self.plans is not None:
-            plan = trial.user_attrs.get("plan")
-            new = trial.state.name in _FINISHED and plan not in self.plans
-            self.plans.add(plan)
+            new, self.n_seen = len(self.plans) > self.n_seen, len(self.plans)
         points = _feasible_losses(study, self.teacher, self.objectives, self.maximize)
         front = pareto_front(points)
         hv = hypervolume([points[i] for i in front], _reference(len(self.objectives), self.maximize))

@@ -37,7 +37,7 @@ The command line overrides the common settings (:meth:`StudyConfig.override`).
 
     [budget]
     n_trials = 80                        # the study's total of finished trials (a rerun continues up to it)
-    # n_plans = 60                       # or/and: its total of distinct plans (re-proposals, served from the cache, not counted)
+    # n_plans = 60                       # or/and: its total of distinct plans (re-proposals not counted)
     timeout = 540                        # seconds for this run
 
     [seeds]
