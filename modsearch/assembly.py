@@ -19,14 +19,19 @@ from .bank import LayerBank
 from .plan import DROP, MODULE, AssemblyPlan
 
 
-def _skeleton(bank: LayerBank) -> nn.Module:
-    """A deep copy of the base model without its layer lists (so they are not copied for nothing)."""
+def _skeleton(bank: LayerBank, share_weights: bool = False) -> nn.Module:
+    """A deep copy of the base model without its layer lists (so they are not copied for nothing).
+
+    With ``share_weights`` the copy's parameters and buffers are the base model's own tensors (only modules and
+    configs are new objects): a frozen shell such as the training student's costs no memory for the embedding.
+    """
     base = bank.base_model
     saved = {s: bank.adapter.layers(base, s) for s in bank.stack_names}
+    memo = {id(t): t for t in list(base.parameters()) + list(base.buffers())} if share_weights else {}
     try:
         for s in bank.stack_names:
             bank.adapter.set_layers(base, s, [])
-        skeleton = copy.deepcopy(base)
+        skeleton = copy.deepcopy(base, memo)
     finally:
         for s, layers in saved.items():
             bank.adapter.set_layers(base, s, list(layers))
@@ -59,9 +64,11 @@ def assemble(bank: LayerBank, plan: str | AssemblyPlan) -> nn.Module:
         for slot, layer in enumerate(copies):
             adapter.renumber(layer, slot)
         adapter.set_layers(model, name, copies)
+        adapter.share_config(model, name)
         adapter.finalize_stack(model, name, bank.original_layer(name, 0))
     adapter.set_depths(model, dict(zip(bank.stack_names, plan.depths)),
-                       dict(zip(bank.stack_names, (list(s) for s in plan.sources()))))
+                       dict(zip(bank.stack_names, (list(s) for s in plan.sources()))),
+                       base_config=bank.base_model.config)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -333,24 +333,47 @@ class LayerBank:
     def save_modules(self, states: dict[tuple[str, int, int], dict[str, torch.Tensor]],
                      trained: bool = True, metrics: dict[tuple[str, int, int], dict] | None = None,
                      provenance: dict | None = None) -> None:
-        """Write new weights for some modules and update the manifest (files first, manifest last, each
-        atomically: a crash leaves a consistent old or new manifest, at worst with unused new files)."""
+        """Write new weights for some modules and update the manifest, crash-safe.
+
+        New weights go to new files named by their content (``modules/<stack>.<i>-<j>.<sha12>.safetensors``), the
+        manifest is then swapped atomically, and only then are the files it no longer names removed. A crash at
+        any point leaves a bank that loads: the old manifest with its old files, or the new one with its new files
+        (at worst with unused files, which the next save removes).
+        """
+        entries = {k: copy.copy(e) for k, e in self.modules.items()}
         for key, state in states.items():
-            e = self.modules[key]
-            full = os.path.join(self.path, e.file)
+            e = entries[key]
             clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-            tmp = full + ".tmp"
-            _write_safetensors(tmp, clean)
-            e.sha256 = sha256_file(tmp)
-            os.replace(tmp, full)
+            staged = os.path.join(self.path, "modules", f".staged-{e.name}.safetensors")
+            _write_safetensors(staged, clean)
+            digest = sha256_file(staged)
+            e.file = f"modules/{e.name}.{digest[:12]}.safetensors"
+            e.sha256 = digest
+            os.replace(staged, os.path.join(self.path, e.file))
             e.trained = trained
-            self._layers.pop(key, None)
         for key, m in (metrics or {}).items():
-            self.modules[key].metrics = m
-        self.manifest["modules"] = [e.to_json() for e in self.modules.values()]
+            entries[key].metrics = m
+        manifest = copy.deepcopy(self.manifest)
+        manifest["modules"] = [e.to_json() for e in entries.values()]
         if provenance:
-            self.manifest["provenance"].update(provenance)
-        write_json(os.path.join(self.path, MANIFEST), self.manifest)
+            manifest["provenance"].update(provenance)
+        write_json(os.path.join(self.path, MANIFEST), manifest)
+        self.manifest, self.modules = manifest, entries
+        for key in states:
+            self._layers.pop(key, None)
+        self.remove_unused_files()
+
+    def remove_unused_files(self) -> list[str]:
+        """Delete module files (and staged leftovers) in ``modules/`` that the manifest does not name."""
+        used = {os.path.normpath(e.file) for e in self.modules.values()}
+        removed = []
+        folder = os.path.join(self.path, "modules")
+        for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            rel = os.path.normpath(os.path.join("modules", f))
+            if f.endswith(".safetensors") and rel not in used:
+                os.unlink(os.path.join(folder, f))
+                removed.append(rel)
+        return removed
 
     def store_as(self, dtype: str = "float16") -> None:
         """Rewrite every weight file with floating tensors stored as ``dtype`` (half the bytes for float16).

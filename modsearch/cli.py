@@ -124,8 +124,10 @@ def cmd_bank_train(a) -> int:
                       p_start=a.p_start, ramp=a.ramp, w_task=a.w_task, w_logits=a.w_logits, w_hidden=a.w_hidden,
                       w_attn=a.w_attn, seed=a.seed, eval_every=a.eval_every, eval_size=a.eval_size,
                       checkpoint_every=a.checkpoint_every, source_field=a.source_field,
-                      target_field=a.target_field, text_field=a.text_field, threads=a.threads)
-    final = train_bank(bank, a.data, cfg, dev_data=a.dev, resume=a.resume)
+                      target_field=a.target_field, text_field=a.text_field, threads=a.threads,
+                      objective=a.objective, p_drop=a.p_drop, chunk_tokens=a.chunk_tokens, device=a.device,
+                      autocast=a.autocast).validate()
+    final = train_bank(bank, a.data, cfg, dev_data=a.dev, resume=a.resume, continue_training=a.continue_training)
     rows = [{"module": k, **{m: f"{v:.4f}" for m, v in d.items()}} for k, d in final.items()]
     _print_table(rows, ["module", "dev_loss", "dev_token_acc", "dev_distill"])
     print(f"trained {len(bank.modules)} modules for {cfg.steps} steps; manifest and checksums updated "
@@ -259,13 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = bsub.add_parser("train", help="train a bank's modules by module replacing and distillation",
                         formatter_class=fmt,
                         description="Train every module of a bank in place by multi-grained module replacing with "
-                                    "knowledge distillation (Modular Transformers). The teacher stays frozen. Loss: "
-                                    "task CE + logit KL + relative hidden-state MSE + attention KL, each weighted by "
-                                    "--w-*. Checkpoints go to BANK/.train; --resume continues a killed run. At the "
-                                    "end the module files, checksums and manifest (recipe, data hashes, per-module "
-                                    "dev metrics) are updated.",
+                                    "knowledge distillation (Modular Transformers). The teacher stays frozen. "
+                                    "--objective logits (default): sampled students, loss task CE + logit KL + "
+                                    "relative hidden-state MSE + attention KL, each weighted by --w-*, the LM head "
+                                    "run in chunks of --chunk-tokens. --objective hidden (large models): each module "
+                                    "learns the teacher's hidden state at the end of its span from the one at its "
+                                    "start, no LM head in the loop. Checkpoints go to BANK/.train; --resume continues "
+                                    "a killed run (with the same options); --continue trains trained modules further "
+                                    "with a fresh schedule, recorded as a new stage. At the end the module files, "
+                                    "checksums and manifest (recipe, data hashes, per-module dev metrics) are "
+                                    "updated, crash-safe.",
                         epilog=_examples("modsearch bank train banks/my-bart --data train.jsonl --dev dev.jsonl --steps 3000\n"
                                          "modsearch bank train banks/my-bart --data train.jsonl --steps 3000 --resume\n"
+                                         "modsearch bank train banks/my-bart --data train.jsonl --continue --steps 1000 --lr 5e-4\n"
+                                         "modsearch bank train banks/gemma3 --data text.jsonl --objective hidden --max-len 256\n"
                                          "modsearch bank train banks/my-gpt2 --data corpus.jsonl --text-field text"))
     s.add_argument("bank")
     s.add_argument("--data", required=True, help="training data, JSONL or CSV")
@@ -289,7 +298,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target-field", default="target", help="target field of seq2seq data")
     s.add_argument("--text-field", default="text", help="text field of decoder-only data")
     s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    s.add_argument("--resume", action="store_true", help="continue from BANK/.train")
+    s.add_argument("--objective", default="logits",
+                   help="logits (sampled students, the paper's loss) or hidden (per-module hidden-state "
+                        "distillation from shared teacher states; for large models)")
+    s.add_argument("--p-drop", type=float, default=0.0,
+                   help="probability that a sampled student drops a layer it keeps (default 0)")
+    s.add_argument("--chunk-tokens", type=int, default=512,
+                   help="tokens per LM-head chunk: bounds the memory of the logit losses (default 512)")
+    s.add_argument("--device", default="cpu", help="cpu, cuda[:n] or mps (default cpu)")
+    s.add_argument("--autocast", default="none", help="none, bf16 or fp16 (fp16: GPU only); losses stay fp32")
+    s.add_argument("--resume", action="store_true", help="continue from BANK/.train (the options must match)")
+    s.add_argument("--continue", dest="continue_training", action="store_true",
+                   help="train already-trained modules further with a fresh schedule (a new stage)")
     s.set_defaults(func=cmd_bank_train)
 
     s = sub.add_parser("recipe", help="build the default bank from scratch", formatter_class=fmt,

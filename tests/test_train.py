@@ -41,13 +41,11 @@ def test_training_lowers_every_modules_distillation_loss(model_dirs, family, tmp
     teacher_before = {k: v.clone() for k, v in bank.base_model.state_dict().items()}
     files_before = {e.name: e.sha256 for e in bank.modules.values()}
     checksum_before = bank.checksum
-    from modsearch.train import _encode, _Student, evaluate_modules
+    from modsearch.train import Student, encode_examples, evaluate_modules, read_examples
 
     fields = ("text",) if family in tiny.CAUSAL else ("source", "target")
-    from modsearch.train import read_examples
-
-    dev = _encode(bank, read_examples(data, fields)[-16:], CFG, "")
-    before = evaluate_modules(bank, _Student(bank), dev, CFG)
+    dev = encode_examples(bank, read_examples(data, fields)[-16:], CFG.max_len, "")
+    before = evaluate_modules(bank, Student(bank), dev, CFG)
 
     after = train_bank(bank, data, CFG, progress=False, log=lambda *_: None)
 
@@ -78,7 +76,7 @@ def test_resume_continues_where_it_stopped(model_dirs, tmp_path):
     ref = LayerBank.load(str(tmp_path / "ref"))
     train_bank(ref, data, cfg, progress=False, log=lambda *_: None)
     # the same run, stopped after its first checkpoint (step 8) and resumed
-    from modsearch import train as tr
+    from modsearch.train import _loop as tr
 
     # Emulate a kill right after the step-8 checkpoint.
     class Killed(Exception):

@@ -11,12 +11,16 @@ WORDS = ("the a of and to in is that for it with as was on be by this are at fro
          "le la les de et un une des en du est que pour dans qui par sur au avec il elle ne pas").split()
 
 
-def tiny_tokenizer(path: str):
-    """A word-level tokenizer over a small vocabulary, saved in HF format."""
+def tiny_tokenizer(path: str, full_vocab: bool = False):
+    """A word-level tokenizer over a small vocabulary, saved in HF format. With ``full_vocab`` filler words
+    cover every id of the tiny models, so any sequence a model produces decodes to text and back."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {t: i for i, t in enumerate(["<pad>", "</s>", "<unk>", "<s>"] + WORDS)}
+    words = ["<pad>", "</s>", "<unk>", "<s>"] + WORDS
+    if full_vocab:
+        words += [f"w{i}" for i in range(len(words), VOCAB)]
+    vocab = {t: i for i, t in enumerate(words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
@@ -36,10 +40,15 @@ def tiny_model(family: str, enc: int = 6, dec: int = 6, seed: int = 0):
                           relative_attention_num_buckets=8, dropout_rate=0.0, decoder_start_token_id=0,
                           **common)
         model = tf.T5ForConditionalGeneration(cfg)
-    elif family in ("bart", "marian", "m2m_100"):
+    elif family in BART_LIKE:
         cls = {"bart": (tf.BartConfig, tf.BartForConditionalGeneration),
                "marian": (tf.MarianConfig, tf.MarianMTModel),
-               "m2m_100": (tf.M2M100Config, tf.M2M100ForConditionalGeneration)}[family]
+               "m2m_100": (tf.M2M100Config, tf.M2M100ForConditionalGeneration),
+               "mbart": (tf.MBartConfig, tf.MBartForConditionalGeneration),
+               "pegasus": (tf.PegasusConfig, tf.PegasusForConditionalGeneration),
+               "blenderbot": (tf.BlenderbotConfig, tf.BlenderbotForConditionalGeneration),
+               "blenderbot-small": (tf.BlenderbotSmallConfig, tf.BlenderbotSmallForConditionalGeneration),
+               "plbart": (tf.PLBartConfig, tf.PLBartForConditionalGeneration)}[family]
         extra = {"decoder_vocab_size": VOCAB} if family == "marian" else {}
         cfg = cls[0](d_model=32, encoder_layers=enc, decoder_layers=dec, encoder_attention_heads=4,
                      decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
@@ -50,10 +59,12 @@ def tiny_model(family: str, enc: int = 6, dec: int = 6, seed: int = 0):
         cfg = tf.GPT2Config(n_embd=32, n_layer=dec, n_head=4, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
                             attn_pdrop=0.0, **common)
         model = tf.GPT2LMHeadModel(cfg)
-    elif family == "llama":
-        cfg = tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=dec, num_attention_heads=4,
-                             num_key_value_heads=2, max_position_embeddings=64, **common)
-        model = tf.LlamaForCausalLM(cfg)
+    elif family in LLAMA_LIKE:
+        config_cls, model_cls, extra = LLAMA_LIKE[family]
+        cfg = getattr(tf, config_cls)(hidden_size=32, intermediate_size=64, num_hidden_layers=dec,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      **extra, **common)
+        model = getattr(tf, model_cls)(cfg)
     else:
         raise ValueError(family)
     # Random init of a tiny model gives near-uniform logits; widen them so greedy decoding is not a coin-flip
@@ -65,16 +76,38 @@ def tiny_model(family: str, enc: int = 6, dec: int = 6, seed: int = 0):
     return model.eval()
 
 
-def save_tiny(family: str, path: str, enc: int = 6, dec: int = 6, seed: int = 0) -> str:
+def save_tiny(family: str, path: str, enc: int = 6, dec: int = 6, seed: int = 0, full_vocab: bool = False) -> str:
     model = tiny_model(family, enc, dec, seed)
     model.save_pretrained(path)
-    tiny_tokenizer(path)
+    tiny_tokenizer(path, full_vocab)
     return path
 
+
+BART_LIKE = ("bart", "marian", "m2m_100", "mbart", "pegasus", "blenderbot", "blenderbot-small", "plbart")
+# Decoder-only families built like Llama: (config class, model class, config fields beyond the shared ones).
+# Sliding windows of 4 tokens are shorter than the test sentences, so sliding and global layers really differ.
+LLAMA_LIKE = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 4}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"use_sliding_window": True, "sliding_window": 4,
+                                                 "max_window_layers": 3}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 8}),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", {"head_dim": 8}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 8, "sliding_window": 4}),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 8, "sliding_window": 4,
+                                                              "final_logit_softcapping": 30.0}),
+    "olmo": ("OlmoConfig", "OlmoForCausalLM", {}),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
+}
 
 SEQ2SEQ = ("t5", "bart", "marian", "m2m_100")
 CAUSAL = ("gpt2", "llama")
 FAMILIES = SEQ2SEQ + CAUSAL
+# Every model type the adapters register: the training invariants are held on each.
+ALL_SEQ2SEQ = ("t5",) + BART_LIKE
+ALL_CAUSAL = ("gpt2",) + tuple(LLAMA_LIKE)
+ALL_FAMILIES = ALL_SEQ2SEQ + ALL_CAUSAL
 
 
 def exists(path: str) -> bool:

@@ -69,14 +69,30 @@ class ArchitectureAdapter:
         """Fix stack-level state after the layers of ``stack`` were replaced. ``original_slot0`` is the base
         model's layer 0 of that stack, for families that keep stack state in it."""
 
-    def set_depths(self, model: nn.Module, depths: dict[str, int], sources: dict[str, list[int]]) -> None:
+    def stack_owner(self, model: nn.Module, stack: str) -> nn.Module:
+        """The module that holds ``stack``'s layer list (its config is the one the stack's layers must read)."""
+        parent_path = self.stack_paths[stack].rpartition(".")[0]
+        return operator.attrgetter(parent_path)(model) if parent_path else model
+
+    def share_config(self, model: nn.Module, stack: str) -> None:
+        """Point every layer's submodules at the config of the module that owns the stack. Deep-copied layers
+        carry config copies of their own, which ``model.set_attn_implementation(...)`` would never reach."""
+        config = getattr(self.stack_owner(model, stack), "config", None) or model.config
+        for layer in self.layers(model, stack):
+            for m in layer.modules():
+                if getattr(m, "config", None) is not None and type(m.config) is type(config):
+                    m.config = config
+
+    def set_depths(self, model: nn.Module, depths: dict[str, int], sources: dict[str, list[int]],
+                   base_config=None) -> None:
         """Write the new depths into the config (Python ints: config fields are strict) and keep per-layer
-        config lists such as ``layer_types`` aligned with the layers that now fill each slot."""
+        config lists such as ``layer_types`` aligned with the layers that now fill each slot. The per-layer lists
+        are read from ``base_config`` (the original model's), since ``model``'s own may be trimmed already."""
         config = model.config
         for stack, n in depths.items():
             for field in self.depth_fields[stack]:
                 setattr(config, field, int(n))
-        layer_types = getattr(config, "layer_types", None)
+        layer_types = getattr(base_config if base_config is not None else config, "layer_types", None)
         if self.kind == "causal" and isinstance(layer_types, list | tuple):
             (stack,) = self.stacks
             config.layer_types = [layer_types[i] for i in sources[stack]]

@@ -14,13 +14,23 @@ class GPT2Adapter(ArchitectureAdapter):
     self_attention_path = "attn"
 
     def renumber(self, layer, slot: int) -> None:
-        super().renumber(layer, slot)
-        # With scale_attn_by_inverse_layer_idx, GPT-2 fixes its attention scale from layer_idx at construction;
-        # recompute it as a reload would, so the assembled model and its export agree.
+        """With ``scale_attn_by_inverse_layer_idx`` GPT-2 scales attention scores by 1/(layer_idx+1), fixed at
+        construction: a layer trained at index i and placed in slot s would compute other scores, and a reload
+        recomputes the scale from s. So the query projection absorbs (s+1)/(i+1): scores stay what they were at
+        index i, and the model reloads exactly as assembled."""
         attn = layer.attn
+        native = attn.layer_idx
+        super().renumber(layer, slot)
         attn.scaling = attn.head_dim ** -0.5 if attn.scale_attn_weights else 1.0
         if attn.scale_attn_by_inverse_layer_idx:
             attn.scaling /= float(slot + 1)
+            ratio = (slot + 1) / (native + 1)
+            if ratio != 1.0:
+                import torch
+
+                with torch.no_grad():  # c_attn is a Conv1D: weight (in, 3·embed), the query first
+                    attn.c_attn.weight[:, : attn.embed_dim].mul_(ratio)
+                    attn.c_attn.bias[: attn.embed_dim].mul_(ratio)
 
 
 @register

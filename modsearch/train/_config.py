@@ -1,0 +1,103 @@
+"""What a ``bank train`` run is: its recipe (recorded in the manifest), its progress, and its schedules."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from .._errors import UserError
+
+OBJECTIVES = ("logits", "hidden")
+
+#: Fields that change how a run is carried out but not what it computes; a resumed run may change them.
+_RUNTIME_FIELDS = ("threads", "checkpoint_every", "eval_every", "eval_size", "chunk_tokens")
+
+
+@dataclass
+class TrainConfig:
+    """Recipe of a ``bank train`` run (recorded in the manifest).
+
+    ``objective`` is ``"logits"`` (the paper's: sampled students, task CE + logit KL + hidden + attention terms)
+    or ``"hidden"`` (each module maps the teacher's hidden state at the start of its span to the one at its end,
+    from teacher states computed once per batch; no LM head in the loop: for large-vocabulary models).
+    ``p_drop`` is the probability that a layer the sampled student keeps is dropped instead (0: never).
+    """
+
+    steps: int = 2000
+    batch_tokens: int = 2048
+    max_len: int = 128
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.0
+    p_start: float = 0.3
+    ramp: float = 0.7
+    p_drop: float = 0.0
+    objective: str = "logits"
+    w_task: float = 1.0
+    w_logits: float = 1.0
+    w_hidden: float = 1.0
+    w_attn: float = 1.0
+    clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 500
+    eval_size: int = 200
+    checkpoint_every: int = 200
+    chunk_tokens: int = 512
+    device: str = "cpu"
+    autocast: str = "none"
+    source_field: str = "source"
+    target_field: str = "target"
+    text_field: str = "text"
+    threads: int = 0
+
+    def validate(self) -> TrainConfig:
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"unknown --objective {self.objective!r}: use {' or '.join(OBJECTIVES)}")
+        if self.autocast not in ("none", "bf16", "fp16"):
+            raise UserError(f"unknown --autocast {self.autocast!r}: use none, bf16 or fp16")
+        if self.steps < 1 or self.batch_tokens < 1 or self.chunk_tokens < 1:
+            raise UserError("--steps, --batch-tokens and --chunk-tokens must be positive")
+        if not 0.0 <= self.p_drop < 1.0:
+            raise UserError(f"--p-drop must be in [0, 1), not {self.p_drop}")
+        dev = self.device.split(":")[0]
+        if dev not in ("cpu", "cuda", "mps"):
+            raise UserError(f"unknown --device {self.device!r}: use cpu, cuda[:n] or mps")
+        import torch
+
+        if dev == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda: this machine has no usable CUDA GPU (torch.cuda.is_available() is "
+                            "False); train on --device cpu")
+        if dev == "mps" and not torch.backends.mps.is_available():
+            raise UserError("--device mps: MPS is not available on this machine; train on --device cpu")
+        if self.autocast == "fp16" and dev == "cpu":
+            raise UserError("--autocast fp16 needs a GPU; on the CPU use bf16 or none")
+        return self
+
+    def differences(self, other: dict) -> list[str]:
+        """Fields (other than runtime ones) whose values differ from a recorded config."""
+        mine = asdict(self)
+        return sorted(k for k in mine if k not in _RUNTIME_FIELDS and other.get(k, mine[k]) != mine[k])
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    elapsed_s: float = 0.0
+    history: list = field(default_factory=list)  # periodic records: step, losses, per-module distillation loss
+    module_loss: dict = field(default_factory=dict)  # running per-module loss since the last record
+
+
+def replace_probability(step: int, cfg: TrainConfig) -> float:
+    """The paper's curriculum: p rises linearly from ``p_start`` to 1 over the first ``ramp`` of training."""
+    ramp_steps = max(1, int(cfg.ramp * cfg.steps))
+    return min(1.0, cfg.p_start + (1.0 - cfg.p_start) * step / ramp_steps)
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak at the last step."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
