@@ -73,6 +73,10 @@ class Ctx:
                 "--source-field", "en", "--target-field", "fr", "--max-new-tokens", "4",
                 "--save-predictions", self.out, *extra]
 
+    def train(self, *extra, data=None):
+        return ["bank", "train", self.bank(), "--data", data or str(self.base / "dev.jsonl"), "--source-field", "en",
+                "--target-field", "fr", "--steps", "1", *extra]
+
     def export(self, plan, bank=None):
         return ["export", bank or str(self.base / "bank"), "--plan", plan, "--out", self.out]
 
@@ -182,6 +186,11 @@ CASES = {
         '"cpu-1t-b1"': '"cuda-bf16-b1"', '["quality", "params"]': '["quality", "latency_ms"]'}), "--quiet"],
         "CUDA is not available"),
     "unknown target": (lambda c: c.eval(None, None, "--target", "tpu-v9"), "tpu-v9"),
+    "train --continue on untrained modules": (lambda c: c.train("--continue"), "untrained"),
+    "train with an unknown objective": (lambda c: c.train("--objective", "magic"), "unknown --objective 'magic'"),
+    "train on CUDA without a GPU": (lambda c: c.train("--device", "cuda"), "no usable CUDA GPU"),
+    "train data without the bank's fields": (lambda c: c.train(data=c.write("t.jsonl", '{"en": "the", "de": "der"}\n')),
+                                             "lacks field(s) fr"),
 }
 
 

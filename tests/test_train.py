@@ -1,6 +1,7 @@
 """Training a bank's modules: distillation loss falls, the teacher is untouched, the manifest is updated."""
 
 import json
+import os
 import random
 import shutil
 
@@ -113,3 +114,132 @@ def test_student_sampling_respects_probability(banks):
     full = [sample_student(bank, 1.0, rng) for _ in range(50)]
     assert all(all(b.kind == "module" for b in s[:1]) for p in full for s in p.stacks)
     assert len({str(p) for p in full}) > 3  # several granularity mixes
+
+
+def test_resume_refuses_options_that_change_the_run(model_dirs, tmp_path):
+    from modsearch._errors import UserError
+    from modsearch.train import _loop
+
+    bank = fresh_bank(model_dirs, "bart", tmp_path)
+    data = write_data(tmp_path / "train.jsonl", 64, False)
+    cfg = TrainConfig(**{**CFG.__dict__, "steps": 16})
+
+    class Killed(Exception):
+        pass
+
+    orig = _loop._save_checkpoint
+
+    def save_then_die(*a, **k):
+        orig(*a, **k)
+        raise Killed
+
+    _loop._save_checkpoint = save_then_die
+    try:
+        with pytest.raises(Killed):
+            train_bank(bank, data, cfg, progress=False, log=lambda *_: None)
+    finally:
+        _loop._save_checkpoint = orig
+    # a longer run would stretch the learning-rate schedule under the steps already taken
+    with pytest.raises(UserError, match=r"steps 16 -> 32"):
+        train_bank(LayerBank.load(bank.path), data, TrainConfig(**{**cfg.__dict__, "steps": 32}), resume=True,
+                   progress=False, log=lambda *_: None)
+    with pytest.raises(UserError, match="without --continue"):
+        train_bank(LayerBank.load(bank.path), data, cfg, resume=True, continue_training=True, progress=False,
+                   log=lambda *_: None)
+    # runtime options may change
+    train_bank(LayerBank.load(bank.path), data, TrainConfig(**{**cfg.__dict__, "threads": 1}), resume=True,
+               progress=False, log=lambda *_: None)
+    assert LayerBank.load(bank.path).manifest["provenance"]["training"]["steps"] == 16
+
+
+def test_continue_trains_further_as_a_new_stage(model_dirs, tmp_path):
+    from modsearch._errors import UserError
+
+    bank = fresh_bank(model_dirs, "llama", tmp_path)
+    data = write_data(tmp_path / "train.jsonl", 64, True)
+    cfg = TrainConfig(**{**CFG.__dict__, "steps": 8})
+    with pytest.raises(UserError, match="untrained"):
+        train_bank(bank, data, cfg, continue_training=True, progress=False, log=lambda *_: None)
+    train_bank(bank, data, cfg, progress=False, log=lambda *_: None)
+    trained = LayerBank.load(bank.path)
+    first = {e.name: e.sha256 for e in trained.modules.values()}
+    with pytest.raises(UserError, match="pass --continue"):
+        train_bank(trained, data, cfg, progress=False, log=lambda *_: None)
+    train_bank(trained, data, TrainConfig(**{**cfg.__dict__, "steps": 4, "lr": 5e-4}), continue_training=True,
+               progress=False, log=lambda *_: None)
+    again = LayerBank.load(bank.path)
+    stages = again.manifest["provenance"]["training_stages"]
+    assert [s["stage"] for s in stages] == ["train", "continue"]
+    assert [s["steps"] for s in stages] == [8, 4] and stages[1]["config"]["lr"] == 5e-4
+    assert again.manifest["provenance"]["training"] == stages[-1]
+    assert all(first[e.name] != e.sha256 for e in again.modules.values())
+    assert again.verify() == []
+    # names and hashes only: no machine path in what the bank records
+    assert again.manifest["provenance"]["training"]["data"]["train"]["name"] == "train.jsonl"
+    assert str(tmp_path) not in json.dumps(again.manifest)
+
+
+@pytest.mark.parametrize("stop_at", ["second module file", "manifest"])
+def test_a_crash_while_saving_leaves_a_bank_that_loads_and_a_checkpoint_that_resumes(model_dirs, tmp_path,
+                                                                                      monkeypatch, stop_at):
+    from modsearch import bank as bank_module
+
+    bank = fresh_bank(model_dirs, "m2m_100", tmp_path)
+    data = write_data(tmp_path / "train.jsonl", 64, False)
+    cfg = TrainConfig(**{**CFG.__dict__, "steps": 8})
+    before = {e.name: e.sha256 for e in bank.modules.values()}
+
+    class Killed(Exception):
+        pass
+
+    calls = {"files": 0}
+    real_write, real_json = bank_module._write_safetensors, bank_module.write_json
+
+    def write_file(path, tensors):
+        calls["files"] += 1
+        if stop_at == "second module file" and calls["files"] == 2:
+            raise Killed
+        real_write(path, tensors)
+
+    def write_manifest(path, obj):
+        if stop_at == "manifest":
+            raise Killed
+        real_json(path, obj)
+
+    monkeypatch.setattr(bank_module, "_write_safetensors", write_file)
+    monkeypatch.setattr(bank_module, "write_json", write_manifest)
+    with pytest.raises(Killed):
+        train_bank(bank, data, cfg, progress=False, log=lambda *_: None)
+    monkeypatch.undo()
+    old = LayerBank.load(bank.path)  # the old state, whole
+    assert old.verify() == []
+    assert {e.name: e.sha256 for e in old.modules.values()} == before
+    train_bank(old, data, cfg, resume=True, progress=False, log=lambda *_: None)
+    new = LayerBank.load(bank.path)
+    assert new.verify() == [] and all(e.trained for e in new.modules.values())
+    files = sorted(os.listdir(os.path.join(bank.path, "modules")))
+    assert files == sorted(os.path.basename(e.file) for e in new.modules.values())  # no leftovers
+
+
+@pytest.mark.parametrize("family", ["m2m_100", "t5", "llama"])
+def test_hidden_objective_lowers_every_modules_loss_without_the_head(model_dirs, family, tmp_path, monkeypatch):
+    from modsearch.train import Student, encode_examples, evaluate_modules, read_examples
+
+    bank = fresh_bank(model_dirs, family, tmp_path)
+    data = write_data(tmp_path / "train.jsonl", 96, family in tiny.CAUSAL)
+    cfg = TrainConfig(**{**CFG.__dict__, "objective": "hidden", "w_task": 1.0, "steps": 16})
+    fields = ("text",) if family in tiny.CAUSAL else ("source", "target")
+    dev = encode_examples(bank, read_examples(data, fields)[-16:], cfg.max_len, "")
+    before = evaluate_modules(bank, Student(bank), dev, cfg)
+    # Hooks are deep-copied with the module (the student's shell is a copy): count head calls by phase.
+    phase, calls = ["train"], []
+    bank.base_model.get_output_embeddings().register_forward_hook(lambda *_: calls.append(phase[0]))
+    from modsearch.train import _loop
+
+    real = _loop.evaluate_modules
+    monkeypatch.setattr(_loop, "evaluate_modules", lambda *a, **k: (phase.__setitem__(0, "eval"), real(*a, **k))[1])
+    after = train_bank(bank, data, cfg, progress=False, log=lambda *_: None)
+    assert "train" not in calls and "eval" in calls  # the training steps never ran the LM head
+    for e in bank.modules.values():
+        assert after[e.name]["dev_distill"] < before[e.name]["dev_distill"], e.name
+    assert LayerBank.load(bank.path).manifest["provenance"]["training"]["config"]["objective"] == "hidden"
