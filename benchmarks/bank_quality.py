@@ -58,7 +58,7 @@ def plans_for(bank) -> list[tuple[str, str]]:
 
 def main(argv=None) -> None:
     from modsearch import DevSet, LayerBank
-    from modsearch.score import QualityTask, score_plan
+    from modsearch.quality import QualityTask, score_plan
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bank")

@@ -28,8 +28,8 @@ import time
 from modsearch import LayerBank, assemble
 from modsearch._io import write_json
 from modsearch.cost import measure_latency, prepare
-from modsearch.profile import LatencyProfile, build_profile, check_profile
-from modsearch.target import HardwareTarget
+from modsearch.cost import LatencyProfile, build_profile, check_profile
+from modsearch.cost import HardwareTarget
 
 
 def main(argv=None) -> int:

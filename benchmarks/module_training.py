@@ -31,7 +31,7 @@ import torch
 
 from modsearch import LayerBank
 from modsearch.data import DevSet
-from modsearch.score import QualityTask, score_plan
+from modsearch.quality import QualityTask, score_plan
 from modsearch.train import TrainConfig, train_bank
 
 

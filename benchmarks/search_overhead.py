@@ -39,8 +39,8 @@ def main(argv=None) -> None:
     from modsearch.assembly import assemble
     from modsearch.cost import cost_report
     from modsearch.search import run_search, seed_plans
-    from modsearch.score import score_quality
-    from modsearch.study import StudyConfig
+    from modsearch.quality import score_quality
+    from modsearch.search import StudyConfig
 
     bank = LayerBank.load(a.bank)
     space = bank.space()

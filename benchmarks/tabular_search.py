@@ -46,8 +46,8 @@ TRIAL_FACTOR = 10  # a replay with budget n stops after 10 n trials even if fewe
 # -- build -----------------------------------------------------------------------------------------------------
 def cmd_build(a) -> None:
     from modsearch import DevSet, LayerBank
-    from modsearch.profile import LatencyProfile
-    from modsearch.table import build_table, save_table
+    from modsearch.cost import LatencyProfile
+    from modsearch.quality.table import build_table, save_table
 
     bank = LayerBank.load(a.bank)
     fields = bank.manifest.get("task", {})
@@ -69,8 +69,8 @@ def cmd_build(a) -> None:
 
 # -- latency ---------------------------------------------------------------------------------------------------
 def cmd_latency(a) -> None:
-    from modsearch.profile import LatencyProfile, _predict
-    from modsearch.table import load_table, save_table
+    from modsearch.cost._profile import LatencyProfile, _predict
+    from modsearch.quality.table import load_table, save_table
 
     table, meta = load_table(a.table)
     profile = LatencyProfile.load(a.profile)
@@ -87,9 +87,9 @@ def cmd_latency(a) -> None:
 # -- fidelity --------------------------------------------------------------------------------------------------
 def cmd_fidelity(a) -> None:
     from modsearch import DevSet, LayerBank
-    from modsearch.profile import spearman
-    from modsearch.score import QualityTask, score_plan
-    from modsearch.table import load_table
+    from modsearch.cost import spearman
+    from modsearch.quality import QualityTask, score_plan
+    from modsearch.quality.table import load_table
 
     table, meta = load_table(a.table)
     bank = LayerBank.load(a.bank)
@@ -145,9 +145,9 @@ def run_strategy(table_path: str, strategy: str, settings: dict, seed: int, n_ma
     (its later budgets then score the plans it did find)."""
     import optuna
 
-    from modsearch.genome import PlanGenome
+    from modsearch.plan import PlanGenome
     from modsearch.search import make_sampler, seed_plans
-    from modsearch.table import load_table
+    from modsearch.quality.table import load_table
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     table, meta = load_table(table_path)
@@ -190,7 +190,7 @@ def cmd_replay(a) -> None:
     from joblib import Parallel, delayed
 
     from modsearch.search import hypervolume
-    from modsearch.table import load_table
+    from modsearch.quality.table import load_table
 
     table, meta = load_table(a.table)
     values, cost = _losses(table, meta["teacher"])

@@ -1,7 +1,8 @@
 """modsearch: compress a transformer by assembling it from a layer bank, searched with multi-objective Optuna.
 
-The package follows the data path: ``bank`` → ``plan`` → ``assemble`` → score (``score`` for quality on a dev
-set, ``cost`` on a hardware ``target``, ``profile`` for predicted latency) → ``search`` → report / ``export``.
+The package follows the data path, one folder per noun: ``data`` → ``bank`` → ``plan`` → ``assembly`` →
+``train`` (builds banks) → ``quality`` (on a dev set) and ``cost`` (on a hardware target) → ``search`` →
+``results`` → ``report`` / ``export``; ``cli`` is a thin layer over them. Each imports only rooms before it.
 
 >>> from modsearch import LayerBank, assemble, export_model           # doctest: +SKIP
 >>> bank = LayerBank.load("banks/bible-en-fr")                        # doctest: +SKIP
@@ -16,8 +17,8 @@ from ._version import __version__
 _EXPORTS = {
     "assemble": ".assembly", "LayerBank": ".bank", "cost_report": ".cost", "DevSet": ".data",
     "export_model": ".export", "AssemblyPlan": ".plan", "Block": ".plan", "PlanSpace": ".plan",
-    "LatencyProfile": ".profile", "predict": ".profile", "QualityResult": ".score", "QualityTask": ".score",
-    "score_plan": ".score", "score_quality": ".score", "HardwareTarget": ".target", "TrainConfig": ".train",
+    "LatencyProfile": ".cost", "predict": ".cost", "QualityResult": ".quality", "QualityTask": ".quality",
+    "score_plan": ".quality", "score_quality": ".quality", "HardwareTarget": ".cost", "TrainConfig": ".train",
     "train_bank": ".train",
 }
 

@@ -15,8 +15,8 @@ import copy
 
 from torch import nn
 
-from .bank import LayerBank
-from .plan import DROP, MODULE, AssemblyPlan
+from .bank._bank import LayerBank
+from .plan._plan import DROP, MODULE, AssemblyPlan
 
 
 def _skeleton(bank: LayerBank, share_weights: bool = False) -> nn.Module:

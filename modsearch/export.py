@@ -18,8 +18,8 @@ from ._errors import UserError
 from ._io import atomic_dir, write_json, write_text
 from ._version import __version__
 from .assembly import assemble
-from .bank import LayerBank
-from .plan import AssemblyPlan
+from .bank._bank import LayerBank
+from .plan._plan import AssemblyPlan
 
 
 def export_model(bank: LayerBank, plan: str | AssemblyPlan, out: str, overwrite: bool = False,
@@ -137,11 +137,6 @@ def _study_card_section(spec: dict) -> str:
     return "\n## Where it comes from\n\n" + "\n".join(lines) + "\n"
 
 
-def read_assembly(path: str) -> dict:
-    with open(os.path.join(path, "assembly.json"), encoding="utf-8") as f:
-        return json.load(f)
-
-
 # -- a study's point -------------------------------------------------------------------------------------------
 def _redact(url: str) -> str:
     """A storage URL without its password (the export's files may be shared)."""
@@ -161,7 +156,7 @@ def export_study_point(source: str, out: str, *, trial: int | None = None, pick:
     (same checksum). ``assembly.json`` records the plan, the bank checksum, the study, the trial, the target and
     every metric measured for it. Returns ``(out, the trial's metrics)``.
     """
-    from .results import open_results
+    from .results._study import open_results
 
     if sum(x is not None for x in (trial, pick, plan)) != 1:
         raise UserError("give exactly one of --trial N, --pick CONDITION or --plan PLAN")
@@ -172,7 +167,7 @@ def export_study_point(source: str, out: str, *, trial: int | None = None, pick:
         res = open_results(storage=storage, study_name=study_name)
         bank_path = source
     else:
-        from .study import StudyConfig
+        from .search._config import StudyConfig
 
         cfg = StudyConfig.load(source).override(storage=storage, study_name=study_name)
         res = open_results(source, storage=storage, study_name=study_name)

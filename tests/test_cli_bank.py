@@ -208,5 +208,5 @@ def test_init_refuses_bad_requests(capsys, model_dirs, banks, tmp_path):
 def test_help_has_examples():
     for argv in (["--help"], ["bank", "init", "--help"], ["plans", "--help"], ["export", "--help"],
                  ["bank", "train", "--help"]):
-        res = subprocess.run([sys.executable, "-m", "modsearch.cli", *argv], capture_output=True, text=True)
+        res = subprocess.run([sys.executable, "-m", "modsearch", *argv], capture_output=True, text=True)
         assert res.returncode == 0 and "examples:" in res.stdout, argv

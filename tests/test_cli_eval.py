@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from modsearch.bank import copy_bank
+import shutil
 from modsearch.cli import main
 
 PLAN = "0-1,2,3,x4,5/0,1-2,3,4,5"
@@ -110,7 +110,7 @@ def test_bad_input_is_one_line_and_exit_2(banks, dev, tmp_path, capsys, case, me
 
 def test_corrupted_module_file_is_one_line_and_exit_2(banks, dev, tmp_path, capsys):
     bank = str(tmp_path / "bank")
-    copy_bank(banks["m2m_100"].path, bank)
+    shutil.copytree(banks["m2m_100"].path, bank)
     with open(os.path.join(bank, "modules", "encoder.0-1.safetensors"), "r+b") as f:
         f.seek(-8, os.SEEK_END)
         f.write(b"\0" * 8)  # same size, different bytes: only the checksum can tell

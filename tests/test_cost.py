@@ -9,7 +9,7 @@ from modsearch.cost import (
     count_flops, cost_report, format_cost_report, percentile, pinned_threads, run_protocol, summarize,
     synthetic_inputs,
 )
-from modsearch.target import HardwareTarget, Protocol
+from modsearch.cost import HardwareTarget, Protocol
 
 FAST = {"name": "fast", "device": "cpu", "threads": 1, "input_length": 8, "output_length": 4,
         "protocol": {"warmup": 1, "min_iterations": 3, "min_seconds": 0.0}}

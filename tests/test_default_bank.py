@@ -5,7 +5,7 @@ import os
 import pytest
 
 from modsearch import LayerBank
-from modsearch.score import QualityTask, score_plan
+from modsearch.quality import QualityTask, score_plan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BANK = os.path.join(REPO, "banks", "bible-en-fr")

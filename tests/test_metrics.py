@@ -5,7 +5,7 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from modsearch import UserError
-from modsearch.metrics import load_metric
+from modsearch.quality.metrics import load_metric
 
 HYPS = ["Du temps des juges, il y eut une famine dans le pays.",
         "Le nom de cet homme était Élimélec, et sa femme Naomi.",

@@ -8,11 +8,11 @@ import pytest
 from modsearch import UserError
 from modsearch.cli import main
 from modsearch.plan import DROP
-from modsearch.profile import (
+from modsearch.cost import (
     LatencyProfile, build_profile, calibration_plans, check_profile, covering_plans, fit_costs,
     predict, prediction_errors, ranks, run_interleaved, spearman,
 )
-from modsearch.target import Protocol
+from modsearch.cost import Protocol
 
 FAST = {"name": "fast", "device": "cpu", "threads": 1, "input_length": 8, "output_length": 4,
         "protocol": {"warmup": 1, "min_iterations": 2, "min_seconds": 0.0}}
@@ -153,8 +153,8 @@ def test_interleaved_rounds_with_a_fake_clock():
 
 
 def test_plans_too_big_to_hold_together_are_measured_in_groups(banks, monkeypatch):
-    from modsearch import profile as prof
-    from modsearch.target import HardwareTarget
+    from modsearch.cost import _profile as prof
+    from modsearch.cost import HardwareTarget
 
     bank = banks["m2m_100"]
     plans = calibration_plans(bank, 3)

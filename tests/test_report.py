@@ -22,7 +22,7 @@ from modsearch import LayerBank
 from modsearch.cli import main
 from modsearch.results import StudyResults, TrialRecord, open_results
 from modsearch.search import run_search
-from modsearch.study import StudyConfig
+from modsearch.search import StudyConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = ["the a of and to in is that", "for it", "with as was on be by this are at from", "or an",
@@ -201,7 +201,7 @@ def _synthetic(n: int = 10_000, seed: int = 0) -> StudyResults:
 
 
 def test_large_study_is_sampled_but_keeps_every_frontier_point(tmp_path, monkeypatch):
-    import modsearch.report as report
+    import modsearch.report._page as report
 
     res = _synthetic()
     # Plan strings of the synthetic study are not real plans: draw its diagram from real ones.

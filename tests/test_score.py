@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from modsearch import UserError, assemble, export_model
 from modsearch.data import DevSet
-from modsearch.score import QualityTask, _length_sorted, encode, score_plan, score_quality
+from modsearch.quality._score import QualityTask, _length_sorted, encode, score_plan, score_quality
 
 SOURCES = ["the a of and to in is that", "for it", "with as was on be by this are at from", "or an",
            "which his her the of", "a", "in is that for it with"]

@@ -14,10 +14,10 @@ import pytest
 import tiny
 from modsearch import LayerBank, UserError
 from modsearch.cli import main
-from modsearch.genome import PlanGenome
+from modsearch.plan import PlanGenome
 from modsearch.plan import PlanSpace
 from modsearch.search import hypervolume, make_sampler, pareto_front, run_search, seed_plans, trials_frame
-from modsearch.study import StudyConfig
+from modsearch.search import StudyConfig
 
 
 # -- the genome ------------------------------------------------------------------------------------------
@@ -303,7 +303,7 @@ def test_budget_of_plans_is_validated_and_refused_by_workers(tiny_setup):
     with pytest.raises(UserError, match="budget.n_plans"):
         StudyConfig.load(str(bad))
     bad.write_text(text.replace("n_trials = 1", "n_plans = 5"))
-    from modsearch.worker import run_worker
+    from modsearch.search import run_worker
 
     with pytest.raises(UserError, match="budget.n_plans is for `modsearch search`"):
         run_worker(StudyConfig.load(str(bad)).override(n_trials=5, n_plans=5), "sqlite:///unused.db")

@@ -4,7 +4,7 @@ import pytest
 
 from modsearch import UserError
 from modsearch.cli import main
-from modsearch.study import Constraint, StudyConfig
+from modsearch.search import Constraint, StudyConfig
 
 BASE = """
 bank = "bank"

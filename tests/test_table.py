@@ -8,8 +8,8 @@ import pytest
 
 import tiny
 from modsearch import DevSet, LayerBank, UserError
-from modsearch.score import QualityTask, score_plan
-from modsearch.table import build_table, load_table, save_table
+from modsearch.quality import QualityTask, score_plan
+from modsearch.quality.table import build_table, load_table, save_table
 
 SRC = ["the a of and to in", "is that for it with as was", "on be by this", "are at from or an which his her"]
 TGT = ["le la les de", "et un une des en du est", "que pour dans qui", "par sur au avec il elle ne pas"]

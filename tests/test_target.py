@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from modsearch import UserError
-from modsearch.target import FINGERPRINT_KEYS, HardwareTarget, fingerprint, fingerprint_mismatch
+from modsearch.cost import FINGERPRINT_KEYS, HardwareTarget, fingerprint, fingerprint_mismatch
 
 
 def test_shipped_targets_resolve_by_name():

@@ -182,7 +182,7 @@ def test_continue_trains_further_as_a_new_stage(model_dirs, tmp_path):
 @pytest.mark.parametrize("stop_at", ["second module file", "manifest"])
 def test_a_crash_while_saving_leaves_a_bank_that_loads_and_a_checkpoint_that_resumes(model_dirs, tmp_path,
                                                                                       monkeypatch, stop_at):
-    from modsearch import bank as bank_module
+    from modsearch.bank import _bank as bank_module
 
     bank = fresh_bank(model_dirs, "m2m_100", tmp_path)
     data = write_data(tmp_path / "train.jsonl", 64, False)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import tiny
 from modsearch import LayerBank, assemble
-from modsearch.arch import supported_model_types
+from modsearch.bank.arch import supported_model_types
 from modsearch.train import (Student, TrainConfig, capture, collate, distillation_step, encode_examples, head_input,
                              head_logits, hidden_step, sample_student, training_context)
 

@@ -1,8 +1,9 @@
 """Scale-out: workers on a real PostgreSQL survive a SIGKILL mid-trial without losing or duplicating work, and
 the SQLite default resumes after one.
 
-Kill tests run the worker/search as subprocesses and slow each real evaluation with the test instrumentation
-variable MODSEARCH_TEST_EVAL_DELAY, so that "mid-trial" can be caught on a tiny bank. The evaluation cache's
+Kill tests run the worker/search as subprocesses whose launcher (``_cli``) slows each real evaluation by
+MODSEARCH_TEST_EVAL_DELAY seconds (it wraps the evaluation cache's ``start`` log line; production code has no
+such hook), so that "mid-trial" can be caught on a tiny bank. The evaluation cache's
 log (``evaluations/log.jsonl``: one ``start`` and one ``done`` line per real evaluation) says which plan was
 evaluated how often.
 """
@@ -91,9 +92,26 @@ def _env(delay):
     return env
 
 
+# The child sleeps right after logging the start of each real evaluation: the test's own hook, not the library's.
+_LAUNCHER = """
+import os, sys, time
+import torch
+torch.set_num_threads(1)
+from modsearch.search import _run
+delay = float(os.environ.get("MODSEARCH_TEST_EVAL_DELAY") or 0)
+log = _run.EvaluationCache.log
+def slow_log(self, event, kind, plan):
+    log(self, event, kind, plan)
+    if event == "start":
+        time.sleep(delay)
+_run.EvaluationCache.log = slow_log
+from modsearch.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def _cli(*args):
-    return [sys.executable, "-c", "import torch, sys; torch.set_num_threads(1); from modsearch.cli import main; "
-            "sys.exit(main(sys.argv[1:]))", *args]
+    return [sys.executable, "-c", _LAUNCHER, *args]
 
 
 def _log(cache_dir):

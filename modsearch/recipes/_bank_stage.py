@@ -7,7 +7,7 @@ import os
 from dataclasses import asdict
 
 from .._io import write_json
-from ..bank import LayerBank
+from ..bank._bank import LayerBank
 from ..train import CKPT_DIR, TrainConfig, train_bank
 
 GRANULARITIES = (2, 3)
@@ -45,7 +45,7 @@ def build_bank(out: str, work: str, teacher_dir: str, dev_path: str, hashes: dic
 def store_half(bank, dev_path: str, log=print, plans: tuple[str, ...] = ()) -> dict:
     """Store the bank in float16 (it is shipped in the repository) and record, in its provenance, the
     teacher-forced dev loss of a few plans before and after: the evidence that rounding moved no score."""
-    from ..score import QualityTask, score_plan
+    from ..quality._score import QualityTask, score_plan
 
     dev = QualityTask("translation", source_field="en", target_field="fr").load_devset(dev_path, limit=200)
     task = QualityTask("translation", metric="loss,token_accuracy", batch_size=50)

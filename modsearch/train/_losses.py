@@ -16,7 +16,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from ..plan import DROP, MODULE
+from ..plan._plan import DROP, MODULE
 from ._data import stack_masks
 from ._student import capture, head_input, head_logits
 

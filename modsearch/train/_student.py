@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..assembly import _skeleton
-from ..plan import DROP, LAYER, MODULE, AssemblyPlan, Block
+from ..plan._plan import DROP, LAYER, MODULE, AssemblyPlan, Block
 
 
 def sample_student(bank, p: float, rng: random.Random, p_drop: float = 0.0) -> AssemblyPlan:

@@ -1,0 +1,76 @@
+"""The ``modsearch search`` verb: run or continue the study a TOML file describes, then print its frontier.
+
+A thin layer over :func:`modsearch.search.run_search`; every user mistake raises :class:`UserError` (one line,
+exit status 2). Ctrl-C stops after marking the trial under way failed, keeps every completed trial, still
+writes the trials table and prints the frontier, and exits with status 130.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+_DESCRIPTION = (
+    "Find the quality-versus-cost frontier of a bank's plan space on one hardware target with a multi-objective "
+    "Optuna study. The study TOML names the bank, the dev data, the task, the target, the objectives (quality "
+    "first; then latency_ms, profile_latency_ms, flops and/or params), constraints such as 'latency_ms <= 40' "
+    "or 'quality >= 0.95 * teacher' (infeasible trials are kept and marked), the sampler, the budget, the seed "
+    "and the storage (default: SQLite in the study's folder). Baselines (teacher, uniform granularities, "
+    "speed-first, size-first, layer dropping) are evaluated first and tagged. Every evaluation is cached by "
+    "bank, plan, data, task and target, so no plan is evaluated twice, across trials, restarts and studies. "
+    "Running the same command again continues the study up to its budget: budget.n_trials finished trials "
+    "and/or budget.n_plans distinct plans (a plan the sampler proposes again is a trial served from the cache, "
+    "which n_plans does not count).")
+
+
+def add_search_parser(sub, fmt, examples) -> None:
+    """Register ``search`` on the ``modsearch`` subparsers (``examples`` formats the epilog)."""
+    s = sub.add_parser("search", help="search a bank's plans for the quality/cost frontier (Optuna)",
+                       formatter_class=fmt, description=textwrap.fill(_DESCRIPTION, 100),
+                       epilog=examples("""
+                           modsearch search studies/bible-en-fr.toml
+                           modsearch search studies/bible-en-fr.toml --n-trials 200 --timeout 3600
+                           modsearch search studies/bible-en-fr.toml --n-plans 210   # 1 % of the default space
+                           modsearch search studies/bible-en-fr.toml --sampler tpe --study-name tpe-run --seed 1
+                           modsearch search studies/bible-en-fr.toml --storage postgresql://u:p@db/modsearch
+                           optuna-dashboard sqlite:///studies/bible-en-fr/study.db   # browse the study"""))
+    s.add_argument("study", help="study TOML file (see studies/bible-en-fr.toml)")
+    s.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the file's, else SQLite in "
+                                                    "the study's folder)")
+    s.add_argument("--study-name", metavar="NAME", help="study name (default: the file's name key or stem)")
+    s.add_argument("--n-trials", type=int, metavar="N",
+                   help="stop when the study has N finished trials in all (replaces the file's n_trials and n_plans)")
+    s.add_argument("--n-plans", type=int, metavar="N",
+                   help="stop when the study has N distinct plans: a re-proposed plan is not counted "
+                        "(replaces the file's n_trials and n_plans; with --n-trials, whichever comes first)")
+    s.add_argument("--timeout", type=float, metavar="S", help="stop this run after S seconds")
+    s.add_argument("--sampler", metavar="NAME", help="nsga2 | nsga3 | tpe | gp | random")
+    s.add_argument("--seed", type=int, metavar="S", help="sampler seed")
+    s.add_argument("--quiet", action="store_true", help="no progress bar or log lines; the frontier only")
+    s.set_defaults(func=cmd_search)
+
+
+def cmd_search(a) -> int:
+    from ..search._run import format_frontier, run_search
+    from ..search._config import StudyConfig
+
+    cfg = StudyConfig.load(a.study).override(storage=a.storage, study_name=a.study_name, n_trials=a.n_trials,
+                                             n_plans=a.n_plans, timeout=a.timeout, sampler=a.sampler,
+                                             seed=a.seed)
+    result = run_search(cfg, progress=not a.quiet, log=None if a.quiet else print)
+    state = "interrupted" if result.interrupted else "done"
+    ev = result.evaluations
+    print(f"\nstudy {cfg.name} {state}: {result.n_trials} finished trial(s), {result.new_trials} new, "
+          f"{result.n_plans} distinct plan(s); "
+          f"{ev.get('quality', 0)} quality and {ev.get('cost', 0)} cost evaluation(s) run, "
+          f"{ev.get('cached', 0)} served from the cache; hypervolume {result.hypervolume:.4f} (teacher-normalised)")
+    print(f"frontier ({len(result.frontier)} feasible Pareto-optimal trial(s)):")
+    print(format_frontier(result.frontier))
+    f = result.files
+    print(f"\nstudy      {f['study_name']} in {f['storage']}   (optuna-dashboard {f['storage']})")
+    print(f"trials     {f['csv']}" + (f", {f['parquet']}" if "parquet" in f else ""))
+    if f.get("cache"):
+        print(f"cache      {f['cache']}")
+    if result.interrupted:
+        print("interrupted: completed trials are saved; run the same command again to continue")
+        return 130
+    return 0

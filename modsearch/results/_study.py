@@ -1,0 +1,301 @@
+"""Reading a finished (or running) study: its trials, its frontier, and the trial a budget picks.
+
+This room only reads the Optuna storage that :func:`modsearch.search.run_search` wrote; it never assembles a
+model. :func:`open_results` takes a study TOML (its storage and name) or a storage URL and a study name, and
+returns :class:`StudyResults`: the completed trials as flat records (plan, strategy, every metric, feasibility),
+the teacher's values, the study's objectives and config. The report, ``modsearch export --trial/--pick`` and
+the notebook all read studies through it.
+
+>>> res = open_results("studies/bible-en-fr.toml")                                  # doctest: +SKIP
+>>> [r.number for r in res.frontier()][:3]                                          # doctest: +SKIP
+[0, 14, 22]
+>>> res.pick("latency_ms <= 40").plan                                               # doctest: +SKIP
+'0,1,2,3,4,5/0-2,3-5'
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+from .._errors import UserError
+
+__all__ = ["COST_AXES", "StudyResults", "TrialRecord", "open_results", "quality_label"]
+
+#: Cost metrics a report can put against quality, in display order (all minimised).
+COST_AXES = ("latency_ms", "profile_latency_ms", "flops", "params")
+#: Strategy tags of seeded baselines (``sampler`` marks the sampler's own proposals).
+BASELINES = ("teacher", "uniform", "speed-first", "size-first", "drop-alternate", "drop-one", "user")
+_SKIP_ATTRS = ("plan", "strategy", "depths", "timings", "cached", "fingerprint", "feasible", "speedup_basis")
+
+
+@dataclass
+class TrialRecord:
+    """One completed trial: ``metrics`` holds every numeric figure recorded for it (quality, the task's
+    scores, params, params_ratio, flops, flops_ratio, latency..., speedup)."""
+
+    number: int
+    plan: str
+    strategy: str
+    feasible: bool
+    metrics: dict
+    values: list
+    depths: dict = field(default_factory=dict)
+    speedup_basis: str | None = None
+
+    def get(self, key: str, default=None):
+        return self.metrics.get(key, default)
+
+
+@dataclass
+class StudyResults:
+    """The completed trials of a modsearch study and what the study knows about itself."""
+
+    name: str
+    storage: str
+    source: str | None  # the study TOML, when opened from one
+    objectives: list
+    maximize: bool
+    teacher: dict
+    config: dict
+    identity: dict
+    trials: list  # TrialRecord, by trial number
+    n_trials_total: int  # every trial in the storage, including failed and running ones
+
+    # -- basics -------------------------------------------------------------------------------------------
+    @property
+    def quality_name(self) -> str:
+        return quality_label(self.config)
+
+    @property
+    def target_name(self) -> str:
+        t = self.identity.get("target") or {}
+        return t.get("name") or (self.config.get("target") if isinstance(self.config.get("target"), str) else "?")
+
+    @property
+    def bank_checksum(self) -> str:
+        return self.identity.get("bank_checksum", "")
+
+    def cost_axes(self) -> list[str]:
+        """Cost metrics this study measured (for the teacher and every trial), in display order."""
+        key = (id(self.trials), len(self.trials))
+        if getattr(self, "_axes_key", None) != key:  # asked once per hover text: compute once
+            self._axes = [c for c in COST_AXES if isinstance(self.teacher.get(c), (int, float))
+                          and all(isinstance(t.get(c), (int, float)) for t in self.trials)]
+            self._axes_key = key
+        return self._axes
+
+    def trial(self, number: int) -> TrialRecord:
+        for t in self.trials:
+            if t.number == number:
+                return t
+        raise UserError(f"study {self.name!r} has no completed trial {number} "
+                        f"(completed: {_ranges([t.number for t in self.trials])})")
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.maximize else a < b
+
+    # -- fronts -------------------------------------------------------------------------------------------
+    def _losses(self, t: TrialRecord, keys) -> list[float]:
+        return [(-t.get(k) if k == "quality" and self.maximize else t.get(k)) for k in keys]
+
+    def frontier(self, objectives=None, feasible_only: bool = True) -> list[TrialRecord]:
+        """Non-dominated trials over ``objectives`` (default: the study's), one per plan (its first trial),
+        cheapest first (by the first cost objective).
+
+        Sorted lexicographically by loss, a point can only be dominated by one before it, and then by a front
+        member: O(n · front), fast for 10,000 trials."""
+        keys = list(objectives or self.objectives)
+        seen, pool = set(), []
+        for t in self.trials:
+            if (feasible_only and not t.feasible) or t.plan in seen:
+                continue
+            if any(not _finite(t.get(k)) for k in keys):
+                continue
+            seen.add(t.plan)
+            pool.append((self._losses(t, keys), t))
+        pool.sort(key=lambda p: (p[0], p[1].number))
+        front: list = []
+        if len(keys) == 2:  # a sweep: non-dominated iff strictly better on the second loss than all before
+            best = math.inf
+            for loss, t in pool:
+                if loss[1] < best:
+                    front.append((loss, t))
+                    best = loss[1]
+            pool = []
+        for loss, t in pool:
+            if any(all(x <= y for x, y in zip(f, loss)) and f != loss for f, _ in front):
+                continue
+            if any(f == loss for f, _ in front):  # same figures as a kept plan: one row is enough
+                continue
+            front.append((loss, t))
+        cost = keys[1] if len(keys) > 1 else keys[0]
+        return sorted((t for _, t in front), key=lambda t: (t.get(cost), t.number))
+
+    def hypervolume_history(self) -> list[tuple[int, float]]:
+        """(trial number, teacher-normalised hypervolume of the feasible front so far), at every trial.
+
+        The same normalisation as the search's progress bar: each objective divided by the teacher's, quality
+        as a loss, reference point quality 0 and costs 1.1x the teacher's."""
+        from ..search._run import _normalised_losses, _reference, hypervolume
+
+        ref = _reference(len(self.objectives), self.maximize)
+        teacher = [self.teacher.get(o) for o in self.objectives]
+        front: list[list[float]] = []
+        hv, out = 0.0, []
+        for t in self.trials:
+            if t.feasible and all(_finite(v) for v in t.values):
+                p = _normalised_losses(t.values, teacher, self.maximize)
+                if not any(all(x <= y for x, y in zip(f, p)) for f in front):
+                    front = [f for f in front if not all(x <= y for x, y in zip(p, f))] + [p]
+                    hv = _hv2(front, ref) if len(ref) == 2 else hypervolume(front, ref)
+            out.append((t.number, hv))
+        return out
+
+    # -- picking a point ----------------------------------------------------------------------------------
+    def pick(self, condition: str, feasible_only: bool = True) -> TrialRecord:
+        """The trial with the best quality among those that meet ``condition`` (one or more of
+        ``METRIC <= NUMBER``, ``METRIC >= NUMBER * teacher``..., joined by ``,`` or ``and``); ties go to the
+        cheaper plan, then the earlier trial. Infeasible trials are left out unless ``feasible_only`` is off."""
+        from ..search._config import Constraint
+
+        parts = [p for chunk in condition.split(",") for p in chunk.split(" and ")]
+        cons = [Constraint.parse(p.strip(), where="--pick") for p in parts if p.strip()]
+        if not cons:
+            raise UserError("--pick: give a condition such as 'latency_ms <= 40'")
+        known = set().union(*(t.metrics for t in self.trials)) if self.trials else set()
+        for c in cons:
+            if c.metric not in known:
+                raise UserError(f"--pick {condition!r}: this study has no metric {c.metric!r} "
+                                f"(it has {', '.join(sorted(known))})")
+        ok = [t for t in self.trials if (t.feasible or not feasible_only) and _finite(t.get("quality"))
+              and all(_finite(t.get(c.metric)) and c.violation(t.get(c.metric), self.teacher.get(c.metric)) <= 0
+                      for c in cons)]
+        if not ok:
+            closest = min(self.trials, key=lambda t: sum(max(0.0, c.violation(t.get(c.metric, math.inf),
+                                                                              self.teacher.get(c.metric)))
+                                                         for c in cons)) if self.trials else None
+            hint = "" if closest is None else (
+                f"; the closest is trial {closest.number} ("
+                + ", ".join(f"{c.metric} {closest.get(c.metric):.4g}" for c in cons) + ")")
+            raise UserError(f"--pick {condition!r}: no {'feasible ' if feasible_only else ''}completed trial "
+                            f"of study {self.name!r} meets it{hint}")
+        cost = self.objectives[1] if len(self.objectives) > 1 else "params"
+        sign = -1 if self.maximize else 1
+        return min(ok, key=lambda t: (sign * t.get("quality"), t.get(cost, math.inf), t.number))
+
+    # -- export ---------------------------------------------------------------------------------------------
+    def export_command(self, number: int, out: str | None = None) -> str:
+        """The shell command that exports trial ``number`` of this study."""
+        import shlex
+
+        out = out or os.path.join("exports", f"{self.name}-t{number}")
+        if self.source:
+            head = f"modsearch export {shlex.quote(self.source)}"
+        else:
+            head = (f"modsearch export {shlex.quote(self.config.get('bank', 'BANK'))} --storage "
+                    f"{shlex.quote(self.storage)} --study-name {shlex.quote(self.name)}")
+        return f"{head} --trial {number} --out {shlex.quote(out)}"
+
+
+def _hv2(front: list[list[float]], ref: list[float]) -> float:
+    """2-D hypervolume of a set of mutually non-dominated points (minimised) up to ``ref``."""
+    hv, prev_y = 0.0, ref[1]
+    for x, y in sorted(p for p in front if p[0] < ref[0] and p[1] < ref[1]):
+        if y < prev_y:
+            hv += (ref[0] - x) * (prev_y - y)
+            prev_y = y
+    return hv
+
+
+def quality_label(config: dict) -> str:
+    """The name of a study's quality score (its task's primary metric), e.g. ``chrf``."""
+    task = config.get("task") or {}
+    m = task.get("metric")
+    if isinstance(m, list) and m:
+        return m[0]
+    if isinstance(m, str) and m.strip():
+        return m.split(",")[0].strip()
+    from ..quality._score import DEFAULT_METRICS
+
+    return DEFAULT_METRICS.get(task.get("task", "translation"), "quality")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _ranges(nums: list[int]) -> str:
+    if not nums:
+        return "none"
+    nums = sorted(nums)
+    out, start, prev = [], nums[0], nums[0]
+    for n in nums[1:] + [None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if n is not None:
+            start = prev = n
+    return ", ".join(out)
+
+
+def open_results(source: str | None = None, *, storage: str | None = None,
+                 study_name: str | None = None) -> StudyResults:
+    """Read a study: from its TOML (``source``), optionally with another ``storage``/``study_name``, or from
+    ``storage`` and ``study_name`` alone. Never creates or changes anything in the storage."""
+    import optuna
+
+    src = None
+    if source is not None:
+        from ..search._config import StudyConfig
+
+        cfg = StudyConfig.load(source).override(storage=storage, study_name=study_name)
+        storage, study_name, src = cfg.storage, cfg.name, source
+    if not storage or not study_name:
+        raise UserError("give a study TOML file, or --storage URL with --study-name NAME")
+    if "://" not in storage:
+        raise UserError(f"--storage {storage!r} is not a storage URL (sqlite:///path.db, postgresql://...)")
+    if storage.startswith("sqlite:///"):
+        path = storage[len("sqlite:///"):]
+        if path != ":memory:" and not os.path.isfile(path):
+            raise UserError(f"no study storage at {path}: run 'modsearch search' first (or give --storage)")
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        try:
+            rdb = optuna.storages.RDBStorage(storage, skip_table_creation=True)
+        except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
+            raise UserError(f"cannot open storage {storage!r}: {str(exc).splitlines()[0]}") from None
+        try:
+            study = optuna.load_study(study_name=study_name, storage=rdb)
+        except KeyError:
+            names = [s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False)]
+            raise UserError(f"storage {storage} has no study {study_name!r} "
+                            f"(it has: {', '.join(names) or 'none'})") from None
+        except Exception as exc:
+            raise UserError(f"cannot read study {study_name!r} from {storage}: {str(exc).splitlines()[0]}") from None
+        attrs = study.user_attrs
+        if "modsearch" not in attrs or "teacher" not in attrs:
+            raise UserError(f"study {study_name!r} in {storage} was not made by 'modsearch search'")
+        all_trials = study.get_trials(deepcopy=False)
+        names = study.metric_names or attrs["modsearch"].get("objectives")
+        directions = [d.name.lower() for d in study.directions]
+    finally:
+        optuna.logging.set_verbosity(previous)
+    records = []
+    for t in all_trials:
+        if t.state.name != "COMPLETE" or t.values is None:
+            continue
+        a = t.user_attrs
+        metrics = {k: v for k, v in a.items() if k not in _SKIP_ATTRS and not k.startswith("constraint:")
+                   and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        records.append(TrialRecord(number=t.number, plan=a.get("plan", "?"), strategy=a.get("strategy", "sampler"),
+                                   feasible=bool(a.get("feasible", True)), metrics=metrics, values=list(t.values),
+                                   depths=a.get("depths") or {}, speedup_basis=a.get("speedup_basis")))
+    records.sort(key=lambda r: r.number)
+    teacher = {k: v for k, v in attrs["teacher"].items()}
+    return StudyResults(name=study_name, storage=storage, source=src, objectives=list(names),
+                        maximize=directions[0] == "maximize", teacher=teacher, config=attrs.get("config") or {},
+                        identity=attrs["modsearch"], trials=records, n_trials_total=len(all_trials))

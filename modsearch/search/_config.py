@@ -1,0 +1,444 @@
+"""Study configs: one TOML file says everything a search needs, and nothing it does not understand.
+
+Paths in the file are relative to the file itself. Unknown keys and bad values are errors naming the key.
+The command line overrides the common settings (:meth:`StudyConfig.override`).
+
+.. code-block:: toml
+
+    name = "bible-en-fr"                 # study name (default: the file's stem)
+    bank = "../banks/bible-en-fr"
+    target = "cpu-1t-b1"                 # a name in studies/targets/, a TOML path, or an inline [target] table
+    objectives = ["quality", "latency_ms"]   # quality first; then any of latency_ms, profile_latency_ms,
+                                             # flops, params (all minimised)
+    constraints = ["quality >= 0.5 * teacher", "params_ratio <= 0.9"]
+    seed = 0
+    # storage = "sqlite:///elsewhere.db" # default: sqlite in <this folder>/<name>/study.db
+    # output = "results/x"               # default: <this folder>/<name>/  (CSV/Parquet of the trials)
+    # cache = "../.cache/modsearch"      # default: <this folder>/.cache  (shared by the studies beside it)
+
+    [data]
+    path = "../data/bible-en-fr/dev.jsonl"
+    source_field = "en"
+    target_field = "fr"
+    limit = 200
+
+    [task]                               # modsearch.score.QualityTask fields
+    task = "translation"
+    metric = "chrf"
+    max_new_tokens = 64
+
+    [space]
+    drops = true                         # allow dropping single layers
+    # granularities = [2, 3]             # only modules of these spans
+
+    [sampler]
+    name = "nsga2"                       # nsga2 | nsga3 | tpe | gp | random (+ that sampler's settings)
+    population_size = 8                  # the default (chosen by benchmarks/tabular_search.py)
+
+    [budget]
+    n_trials = 80                        # the study's total of finished trials (a rerun continues up to it)
+    # n_plans = 60                       # or/and: its total of distinct plans (re-proposals not counted)
+    timeout = 540                        # seconds for this run
+
+    [seeds]
+    strategies = ["teacher", "uniform", "speed-first", "size-first", "drop-alternate", "drop-one"]
+    plans = []                           # more plans to evaluate first, in plan notation
+
+    [cost]
+    # profile = "../profiles/cpu-1t-b1.json"   # for profile_latency_ms (built on first use when missing)
+    allow_foreign_profile = false
+
+>>> cfg = StudyConfig.load("studies/bible-en-fr.toml")        # doctest: +SKIP
+>>> cfg = cfg.override(n_trials=10, sampler="tpe")           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+
+from .._errors import UserError
+
+__all__ = ["COST_OBJECTIVES", "METRICS", "SAMPLERS", "SEED_STRATEGIES", "Constraint", "StudyConfig"]
+
+#: Cost objectives (all minimised) and the trial metric each one is.
+COST_OBJECTIVES = ("latency_ms", "profile_latency_ms", "flops", "params")
+#: Every metric a trial records, usable in constraints (the task's metric names are usable too).
+METRICS = ("quality", "params", "params_ratio", "flops", "flops_ratio", "latency_ms", "latency_p90_ms",
+           "latency_cv", "profile_latency_ms", "speedup")
+#: Sampler name -> the settings it accepts, with their types.
+SAMPLERS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "nsga2": {"population_size": int, "mutation_prob": float, "crossover_prob": float, "swapping_prob": float},
+    "nsga3": {"population_size": int, "mutation_prob": float, "crossover_prob": float, "swapping_prob": float},
+    "tpe": {"n_startup_trials": int, "n_ei_candidates": int, "multivariate": bool, "constant_liar": bool},
+    "gp": {"n_startup_trials": int, "deterministic_objective": bool},
+    "random": {},
+}
+SEED_STRATEGIES = ("teacher", "uniform", "speed-first", "size-first", "drop-alternate", "drop-one")
+_SECTIONS = {
+    "data": {"path", "source_field", "target_field", "text_field", "limit"},
+    "task": {"task", "metric", "num_beams", "max_new_tokens", "batch_size", "max_source_tokens", "source_prefix",
+             "primary_key"},
+    "space": {"drops", "granularities"},
+    "sampler": {"name"} | {k for s in SAMPLERS.values() for k in s},
+    "budget": {"n_trials", "n_plans", "timeout"},
+    "seeds": {"strategies", "plans"},
+    "cost": {"profile", "allow_foreign_profile", "measure_latency"},
+}
+_TOP = {"name", "bank", "target", "objectives", "constraints", "seed", "storage", "output", "cache"} | set(_SECTIONS)
+_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(<=|>=)\s*(?:([-+0-9.eE]+)\s*(\*\s*teacher)?|(teacher))\s*$")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """``metric <= bound`` or ``metric >= bound``; with ``relative``, bound is a multiple of the teacher's value.
+
+    :meth:`violation` is what ``trial.set_constraint`` takes: zero or less when the trial is feasible.
+
+    >>> c = Constraint.parse("quality >= 0.95 * teacher")
+    >>> c.violation(30.0, teacher=40.0)
+    8.0
+    """
+
+    metric: str
+    op: str
+    bound: float
+    relative: bool = False
+    text: str = ""
+
+    @classmethod
+    def parse(cls, text: str, where: str = "constraints") -> Constraint:
+        m = _CONSTRAINT.match(text) if isinstance(text, str) else None
+        if not m:
+            raise UserError(f"{where}: cannot read constraint {text!r}; write 'METRIC <= NUMBER', "
+                            "'METRIC >= NUMBER * teacher' or 'METRIC <= teacher'")
+        metric, op, num, times_teacher, bare_teacher = m.groups()
+        try:
+            bound = 1.0 if bare_teacher else float(num)
+        except ValueError:
+            raise UserError(f"{where}: {num!r} in constraint {text!r} is not a number") from None
+        return cls(metric, op, bound, relative=bool(times_teacher or bare_teacher), text=" ".join(text.split()))
+
+    def threshold(self, teacher: float | None = None) -> float:
+        if not self.relative:
+            return self.bound
+        if teacher is None:
+            raise ValueError(f"constraint {self.text!r} is relative to the teacher, whose value is unknown")
+        return self.bound * teacher
+
+    def violation(self, value: float, teacher: float | None = None) -> float:
+        t = self.threshold(teacher)
+        return value - t if self.op == "<=" else t - value
+
+
+@dataclass
+class StudyConfig:
+    """A validated study (see the module docstring for the file format). Paths are absolute."""
+
+    name: str
+    bank: str
+    data_path: str
+    target: str | dict
+    objectives: list[str]
+    constraints: list[Constraint] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+    task: dict = field(default_factory=dict)
+    drops: bool = True
+    granularities: list[int] | None = None
+    sampler: str = "nsga2"
+    sampler_settings: dict = field(default_factory=dict)
+    n_trials: int | None = None
+    n_plans: int | None = None
+    timeout: float | None = None
+    seed: int = 0
+    storage: str = ""
+    output: str = ""
+    cache: str | None = ""
+    seed_strategies: list[str] = field(default_factory=lambda: list(SEED_STRATEGIES))
+    seed_plans: list[str] = field(default_factory=list)
+    profile: str | None = None
+    allow_foreign_profile: bool = False
+    measure_latency: bool = False
+    source: str = ""
+
+    # -- loading ------------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str) -> StudyConfig:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise UserError(f"study file {path} not found") from None
+        except IsADirectoryError:
+            raise UserError(f"{path} is a directory; give a study TOML file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"study file {path} is not valid TOML ({exc})") from None
+        return cls.from_dict(raw, base_dir=os.path.dirname(os.path.abspath(path)),
+                             default_name=os.path.splitext(os.path.basename(path))[0], source=path)
+
+    @classmethod
+    def from_dict(cls, raw: dict, base_dir: str = ".", default_name: str = "study", source: str = "") -> StudyConfig:
+        where = f"study {source or default_name}"
+        _known(raw, _TOP, where)
+        for sec in _SECTIONS:
+            if sec in raw:
+                _need(isinstance(raw[sec], dict), where, sec, "a table")
+                _known(raw[sec], _SECTIONS[sec], f"{where}, [{sec}]", prefix=f"{sec}.")
+
+        def path(v: str) -> str:
+            return v if os.path.isabs(v) else os.path.normpath(os.path.join(base_dir, v))
+
+        name = raw.get("name", default_name)
+        _need(isinstance(name, str) and re.fullmatch(r"[\w.-]+", name or ""), where, "name",
+              "a non-empty name of letters, digits, '.', '_' or '-'", name)
+        bank = raw.get("bank")
+        _need(isinstance(bank, str) and bank, where, "bank", "the path of a bank directory", bank)
+
+        data = dict(raw.get("data", {}))
+        _need(isinstance(data.get("path"), str) and data.get("path"), where, "data.path",
+              "the path of the dev data file", data.get("path"))
+        for k in ("source_field", "target_field", "text_field"):
+            if k in data:
+                _need(isinstance(data[k], str) and data[k], where, f"data.{k}", "a field name", data[k])
+        if "limit" in data:
+            _need(_is_int(data["limit"]) and data["limit"] >= 1, where, "data.limit", "an integer >= 1",
+                  data["limit"])
+        data_path = data.pop("path")
+        if not ("://" in data_path or not _looks_local(data_path)):
+            data_path = path(data_path)
+
+        task = dict(raw.get("task", {}))
+        for k in ("num_beams", "max_new_tokens", "batch_size", "max_source_tokens"):
+            if k in task:
+                _need(_is_int(task[k]) and task[k] >= 1, where, f"task.{k}", "an integer >= 1", task[k])
+        for k in ("task", "source_prefix", "primary_key"):
+            if k in task:
+                _need(isinstance(task[k], str), where, f"task.{k}", "a string", task[k])
+        if "metric" in task:
+            m = task["metric"]
+            _need(isinstance(m, str) and m or isinstance(m, list) and m and all(isinstance(x, str) for x in m),
+                  where, "task.metric", "a metric name or a list of them", m)
+        if "task" in task:
+            from ..data._devset import TASKS
+
+            _need(task["task"] in TASKS, where, "task.task", " | ".join(TASKS), task["task"])
+
+        target = raw.get("target")
+        _need(isinstance(target, (str, dict)) and target, where, "target",
+              "a target name, a TOML path, or a [target] table", target)
+        if isinstance(target, str) and (target.endswith(".toml") or os.sep in target):
+            target = path(target)
+
+        objectives = raw.get("objectives", ["quality", "latency_ms"])
+        _need(isinstance(objectives, list) and objectives and all(isinstance(o, str) for o in objectives),
+              where, "objectives", "a list such as [\"quality\", \"latency_ms\"]", objectives)
+        _need(objectives[0] == "quality", where, "objectives", "a list whose first entry is \"quality\"",
+              objectives)
+        costs = objectives[1:]
+        _need(bool(costs), where, "objectives", f"quality and at least one of {', '.join(COST_OBJECTIVES)}",
+              objectives)
+        for o in costs:
+            _need(o in COST_OBJECTIVES, where, "objectives",
+                  f"\"quality\" then some of {', '.join(COST_OBJECTIVES)}", o)
+        _need(len(set(objectives)) == len(objectives), where, "objectives", "a list without repeats", objectives)
+
+        cons = raw.get("constraints", [])
+        _need(isinstance(cons, list), where, "constraints", "a list of strings like \"latency_ms <= 40\"", cons)
+        task_metrics = _task_metrics(task)
+        constraints = []
+        for c in cons:
+            con = Constraint.parse(c, f"{where}: constraints")
+            _need(con.metric in METRICS or con.metric in task_metrics, where, "constraints",
+                  f"about a known metric ({', '.join(METRICS + task_metrics)})", con.metric)
+            constraints.append(con)
+
+        space = raw.get("space", {})
+        drops = space.get("drops", True)
+        _need(isinstance(drops, bool), where, "space.drops", "true or false", drops)
+        grans = space.get("granularities")
+        if grans is not None:
+            _need(isinstance(grans, list) and grans and all(_is_int(g) and g >= 2 for g in grans), where,
+                  "space.granularities", "a list of module spans >= 2", grans)
+
+        sampler = dict(raw.get("sampler", {}))
+        sname = sampler.pop("name", "nsga2")
+        _need(sname in SAMPLERS, where, "sampler.name", " | ".join(SAMPLERS), sname)
+        settings = _sampler_settings(sname, sampler, where)
+
+        budget = raw.get("budget", {})
+        n_trials, n_plans, timeout = budget.get("n_trials"), budget.get("n_plans"), budget.get("timeout")
+        if n_trials is not None:
+            _need(_is_int(n_trials) and n_trials >= 1, where, "budget.n_trials", "an integer >= 1", n_trials)
+        if n_plans is not None:
+            _need(_is_int(n_plans) and n_plans >= 1, where, "budget.n_plans", "an integer >= 1", n_plans)
+        if timeout is not None:
+            _need(_is_num(timeout) and timeout > 0, where, "budget.timeout", "a number of seconds > 0", timeout)
+        _need(n_trials is not None or n_plans is not None or timeout is not None, where, "budget",
+              "a table with n_trials, n_plans and/or timeout", budget or None)
+
+        seed = raw.get("seed", 0)
+        _need(_is_int(seed) and seed >= 0, where, "seed", "an integer >= 0", seed)
+        storage = raw.get("storage", "")
+        _need(isinstance(storage, str), where, "storage", "an Optuna storage URL", storage)
+        output = raw.get("output", "")
+        _need(isinstance(output, str), where, "output", "a directory path", output)
+        output = path(output) if output else os.path.join(base_dir, name)
+        if storage and "://" not in storage:
+            raise UserError(f"{where}: storage must be an Optuna storage URL such as "
+                            f"sqlite:///path/study.db or postgresql://..., got {storage!r}")
+        storage = storage or f"sqlite:///{os.path.join(output, 'study.db')}"
+        cache = raw.get("cache", "")
+        _need(cache is False or isinstance(cache, str), where, "cache", "a directory path or false", cache)
+        cache = None if cache is False else (path(cache) if cache else os.path.join(base_dir, ".cache"))
+
+        seeds = raw.get("seeds", {})
+        strategies = seeds.get("strategies", list(SEED_STRATEGIES))
+        _need(isinstance(strategies, list) and all(s in SEED_STRATEGIES for s in strategies), where,
+              "seeds.strategies", f"a list drawn from {', '.join(SEED_STRATEGIES)}", strategies)
+        plans = seeds.get("plans", [])
+        _need(isinstance(plans, list) and all(isinstance(p, str) and p for p in plans), where, "seeds.plans",
+              "a list of plans in plan notation", plans)
+
+        cost = raw.get("cost", {})
+        profile = cost.get("profile")
+        if profile is not None:
+            _need(isinstance(profile, str) and profile, where, "cost.profile", "the path of a latency profile",
+                  profile)
+            profile = path(profile)
+        _need("profile_latency_ms" not in objectives or profile, where, "cost.profile",
+              "set when an objective is profile_latency_ms")
+        foreign = cost.get("allow_foreign_profile", False)
+        _need(isinstance(foreign, bool), where, "cost.allow_foreign_profile", "true or false", foreign)
+        measure = cost.get("measure_latency", False)
+        _need(isinstance(measure, bool), where, "cost.measure_latency", "true or false", measure)
+
+        cfg = cls(name=name, bank=path(bank), data_path=data_path, target=target, objectives=list(objectives),
+                  constraints=constraints, data=data, task=task, drops=drops,
+                  granularities=list(grans) if grans else None, sampler=sname, sampler_settings=settings,
+                  n_trials=n_trials, n_plans=n_plans, timeout=float(timeout) if timeout is not None else None,
+                  seed=seed,
+                  storage=storage, output=output, cache=cache, seed_strategies=list(strategies),
+                  seed_plans=list(plans), profile=profile, allow_foreign_profile=foreign,
+                  measure_latency=measure, source=source)
+        return cfg
+
+    # -- command-line overrides ---------------------------------------------------------------------------
+    def override(self, *, storage: str | None = None, study_name: str | None = None, n_trials: int | None = None,
+                 timeout: float | None = None, sampler: str | None = None, seed: int | None = None,
+                 n_plans: int | None = None) -> StudyConfig:
+        """A copy with the given settings replaced (``None`` keeps the file's value; ``n_trials`` or ``n_plans``
+        alone replaces both of the file's count budgets)."""
+        changes: dict = {}
+        if study_name is not None:
+            if not re.fullmatch(r"[\w.-]+", study_name):
+                raise UserError(f"--study-name {study_name!r}: use letters, digits, '.', '_' or '-'")
+            changes["name"] = study_name
+        if storage is not None:
+            if "://" not in storage:
+                raise UserError(f"--storage {storage!r} is not a storage URL (sqlite:///path.db, "
+                                "postgresql://...)")
+            changes["storage"] = storage
+        if n_trials is not None:
+            if n_trials < 1:
+                raise UserError(f"--n-trials must be >= 1, not {n_trials}")
+            changes["n_trials"] = n_trials
+        if n_plans is not None:
+            if n_plans < 1:
+                raise UserError(f"--n-plans must be >= 1, not {n_plans}")
+            changes["n_plans"] = n_plans
+        if (n_trials is None) != (n_plans is None):  # a count budget given here replaces the file's
+            changes.setdefault("n_trials", None)
+            changes.setdefault("n_plans", None)
+        if timeout is not None:
+            if timeout <= 0:
+                raise UserError(f"--timeout must be > 0 seconds, not {timeout}")
+            changes["timeout"] = float(timeout)
+        if sampler is not None:
+            if sampler not in SAMPLERS:
+                raise UserError(f"--sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+            if sampler != self.sampler:
+                # Settings belong to the sampler named in the file; keep only those the new one takes.
+                changes["sampler_settings"] = {k: v for k, v in self.sampler_settings.items() if k in SAMPLERS[sampler]}
+            changes["sampler"] = sampler
+        if seed is not None:
+            if seed < 0:
+                raise UserError(f"--seed must be >= 0, not {seed}")
+            changes["seed"] = seed
+        return dataclasses.replace(self, **changes)
+
+    # -- derived ------------------------------------------------------------------------------------------
+    def quality_task(self):
+        from ..quality._score import QualityTask
+
+        t = dict(self.task)
+        for k in ("source_field", "target_field", "text_field"):
+            if k in self.data:
+                t[k] = self.data[k]
+        return QualityTask(**t)
+
+    def load_devset(self):
+        return self.quality_task().load_devset(self.data_path, limit=self.data.get("limit"))
+
+    def needs_latency(self) -> bool:
+        """Whether trials measure latency (slow): only when an objective or a constraint reads it."""
+        return self.measure_latency or "latency_ms" in self.objectives or any(
+            c.metric in ("latency_ms", "latency_p90_ms", "latency_cv") for c in self.constraints)
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["constraints"] = [c.text for c in self.constraints]
+        return d
+
+
+def _task_metrics(task: dict) -> tuple[str, ...]:
+    m = task.get("metric")
+    if m is None:
+        return ()
+    names = m.split(",") if isinstance(m, str) else m
+    return tuple(n.strip() for n in names if n.strip())
+
+
+def _sampler_settings(name: str, raw: dict, where: str) -> dict:
+    allowed = SAMPLERS[name]
+    out = {}
+    for k, v in raw.items():
+        if k not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise UserError(f"{where}: sampler.{k} is not a setting of sampler {name!r} (its settings: {known})")
+        typ = allowed[k]
+        ok = isinstance(v, bool) if typ is bool else (_is_num(v) if typ is float else _is_int(v))
+        _need(ok and (typ is bool or v >= 0), where, f"sampler.{k}",
+              {bool: "true or false", float: "a number >= 0", int: "an integer >= 0"}[typ], v)
+        if k.endswith("_prob"):
+            _need(0 <= v <= 1, where, f"sampler.{k}", "a probability between 0 and 1", v)
+        if k == "population_size":
+            _need(v >= 2, where, f"sampler.{k}", "an integer >= 2", v)
+        out[k] = v
+    return out
+
+
+def _known(d: dict, known: set[str], where: str, prefix: str = "") -> None:
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise UserError(f"{where}: unknown key {prefix + unknown[0]!r} (known: {', '.join(sorted(known))})")
+
+
+def _need(ok, where: str, key: str, expected: str, value=None) -> None:
+    if not ok:
+        got = "" if value is None else f", got {value!r}"
+        raise UserError(f"{where}: {key} must be {expected}{got}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _looks_local(p: str) -> bool:
+    return os.path.isabs(p) or p.startswith(".") or os.sep in p or os.path.splitext(p)[1] != ""
