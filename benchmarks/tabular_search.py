@@ -189,13 +189,13 @@ def hv_at(points: list, budget: int, reference, exact_hv: float) -> float:
 def cmd_replay(a) -> None:
     from joblib import Parallel, delayed
 
-    from modsearch.search import hypervolume
     from modsearch.quality.table import load_table
+    from modsearch.search import hypervolume, pareto_front
 
     table, meta = load_table(a.table)
     values, cost = _losses(table, meta["teacher"])
     pts = list(values.values())
-    front = [pts[i] for i in pareto_front_fast(pts)]
+    front = [pts[i] for i in pareto_front(pts)]
     ref = _reference(front)
     exact = hypervolume(front, ref)
     n = len(table)
@@ -322,17 +322,6 @@ def _variant(text: str) -> tuple:
         except json.JSONDecodeError:
             settings[k] = v
     return (label, name, settings, True)
-
-
-def pareto_front_fast(pts: list[tuple[float, float]]) -> list[int]:
-    """Non-dominated indices of 2-D minimisation points in O(n log n) (the generic one is quadratic)."""
-    order = sorted(range(len(pts)), key=lambda i: (pts[i][0], pts[i][1]))
-    out, best_y = [], math.inf
-    for i in order:
-        if pts[i][1] < best_y:
-            out.append(i)
-            best_y = pts[i][1]
-    return out
 
 
 def main(argv=None) -> None:

@@ -11,7 +11,6 @@ Loading it needs only transformers:
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 
 from ._errors import UserError

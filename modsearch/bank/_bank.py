@@ -23,7 +23,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 

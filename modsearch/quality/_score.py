@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .._errors import UserError
-from ..data._devset import DEFAULT_FIELDS, TASKS, DevSet
+from ..data._devset import TASKS, DevSet
 
 __all__ = ["DEFAULT_METRICS", "TEACHER_FORCED", "EncoderCache", "QualityResult", "QualityTask", "encode",
            "prediction_rows", "score_plan", "score_quality"]

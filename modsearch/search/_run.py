@@ -39,9 +39,11 @@ from .._errors import UserError
 from .._io import write_json, write_text
 from ..plan._genome import PlanGenome
 from ..plan._plan import DROP, LAYER, MODULE, AssemblyPlan, Block, PlanSpace
+from ._pareto import hypervolume, normalised_losses, pareto_front, reference_point
+from ._storage import open_storage, quiet_warnings
 
 __all__ = ["EvaluationCache", "PlanEvaluator", "SearchResult", "evaluate_plan", "fail_dead_trials", "format_frontier",
-           "frontier_rows", "hypervolume", "make_sampler", "pareto_front", "run_search", "seed_plans", "trials_frame",
+           "frontier_rows", "make_sampler", "run_search", "seed_plans", "trials_frame",
            "export_trials", "worker_id"]
 
 #: Bump when a change to scoring or costing makes stored evaluations stale.
@@ -457,7 +459,7 @@ def make_sampler(name: str, settings: dict | None = None, seed: int | None = Non
         return optuna.samplers.NSGAIIISampler(seed=seed, **s)
     if name == "tpe":
         s.setdefault("multivariate", True)  # models the genes jointly: they only mean something together
-        with _quiet_warnings():
+        with quiet_warnings():
             return optuna.samplers.TPESampler(seed=seed, **s)
     if name == "gp":
         try:
@@ -469,66 +471,6 @@ def make_sampler(name: str, settings: dict | None = None, seed: int | None = Non
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise UserError(f"unknown sampler {name!r}: use nsga2, nsga3, tpe, gp or random")
-
-
-@contextlib.contextmanager
-def _quiet_warnings():
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=Warning)  # Optuna's ExperimentalWarning for multivariate TPE
-        yield
-
-
-# -- fronts and hypervolume ------------------------------------------------------------------------------------
-def pareto_front(losses: Sequence[Sequence[float]]) -> list[int]:
-    """Indices of the non-dominated points (every coordinate minimised; duplicates all stay)."""
-    idx = []
-    for i, a in enumerate(losses):
-        if not any(all(x <= y for x, y in zip(b, a)) and any(x < y for x, y in zip(b, a))
-                   for j, b in enumerate(losses) if j != i):
-            idx.append(i)
-    return idx
-
-
-def hypervolume(losses: Sequence[Sequence[float]], reference: Sequence[float]) -> float:
-    """Hypervolume dominated by ``losses`` (minimised) up to ``reference``; points beyond it count nothing.
-
-    Exact in 2-D here; in more dimensions through Optuna's WFG implementation (a private module, so this is
-    the only place that touches it).
-
-    >>> hypervolume([[0.0, 1.0], [1.0, 0.0]], [2.0, 2.0])
-    3.0
-    """
-    pts = [tuple(p) for p in losses if all(x < r for x, r in zip(p, reference))]
-    if not pts:
-        return 0.0
-    if len(reference) == 2:
-        pts = sorted(pts[i] for i in pareto_front(pts))
-        hv, prev_y = 0.0, reference[1]
-        for x, y in pts:
-            if y < prev_y:
-                hv += (reference[0] - x) * (prev_y - y)
-                prev_y = y
-        return hv
-    import numpy as np
-    from optuna._hypervolume import compute_hypervolume
-
-    return float(compute_hypervolume(np.asarray(pts, dtype=float), np.asarray(reference, dtype=float)))
-
-
-def _normalised_losses(values: Sequence[float], teacher: Sequence[float], maximize_quality: bool) -> list[float]:
-    """Objective values divided by the teacher's, as losses: quality is negated when maximised."""
-    out = []
-    for k, (v, t) in enumerate(zip(values, teacher)):
-        scale = abs(t) if t and math.isfinite(t) else 1.0
-        out.append((-v if k == 0 and maximize_quality else v) / scale)
-    return out
-
-
-def _reference(n: int, maximize_quality: bool) -> list[float]:
-    # Teacher-normalised: quality 0 (or 10x the teacher's when lower is better), costs 1.1x the teacher's.
-    return [0.0 if maximize_quality else 10.0] + [1.1] * (n - 1)
 
 
 # -- the study -------------------------------------------------------------------------------------------------
@@ -624,7 +566,7 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
                             f"(it computes {', '.join(sorted(teacher))})")
     directions = ["maximize" if maximize else "minimize"] + ["minimize"] * (len(cfg.objectives) - 1)
 
-    storage = storage if storage is not None else _storage(cfg.storage)
+    storage = storage if storage is not None else open_storage(cfg.storage)
     os.makedirs(cfg.output, exist_ok=True)  # after the storage opened: a bad URL leaves nothing behind
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -645,7 +587,7 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
         study = optuna.create_study(study_name=cfg.name, storage=storage, directions=directions, sampler=sampler,
                                     load_if_exists=True)
         if not existing:
-            with _quiet_warnings():  # set_metric_names is "experimental" since Optuna 3.2, still in 5.0
+            with quiet_warnings():  # set_metric_names is "experimental" since Optuna 3.2, still in 5.0
                 study.set_metric_names(list(cfg.objectives))
             study.set_user_attr("modsearch", identity)
             study.set_user_attr("teacher", {"plan": teacher_rec["plan"], **teacher})
@@ -787,9 +729,9 @@ def fail_dead_trials(study, max_retry: int | None = 3) -> int:
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another process failed it first, and queued the retry
         if retry is None:
-            with _quiet_warnings():  # "experimental" since Optuna 2.8
+            with quiet_warnings():  # "experimental" since Optuna 2.8
                 retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-        with _quiet_warnings():
+        with quiet_warnings():
             retry(study, study._storage.get_trial(t._trial_id))
         n += 1
     return n
@@ -803,57 +745,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def storage_url(url: str) -> str:
-    """``url`` with a PostgreSQL driver that is installed: SQLAlchemy 2.1 reads a bare ``postgresql://`` as
-    psycopg 3, while ``modsearch[postgres]`` installs psycopg2."""
-    if url.startswith("postgresql://"):
-        import importlib.util
-
-        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-            return "postgresql+psycopg2://" + url[len("postgresql://"):]
-    return url
-
-
-def _storage(url: str):
-    import optuna
-
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
-        if path and path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    try:
-        return sqlite_wal(optuna.storages.RDBStorage(storage_url(url))) if "://" in url else url
-    except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
-        raise UserError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
-
-
-def sqlite_wal(storage):
-    """Put a SQLite study in write-ahead-log mode with ``synchronous=NORMAL``; other storages are returned as is.
-
-    Optuna writes every parameter and user attribute of a trial in a transaction of its own, about 30 per trial
-    here. In SQLite's default rollback journal each one waits for fsyncs: a probe with 12 parameters and 20
-    attributes per trial took 242 ms of storage per trial, 75 ms in WAL mode; that was most of a trial's
-    overhead beyond the model's own time. WAL with ``synchronous=NORMAL`` loses nothing when the process is
-    killed (the log is in the OS's hands); a power cut may lose the last trials' writes but never corrupts the
-    file. Readers (optuna-dashboard, pandas) need
-    write access to the folder for the ``-wal``/``-shm`` files, as SQLite's WAL does everywhere.
-    """
-    engine = getattr(storage, "engine", None)
-    if engine is None or engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
-        return storage
-    from sqlalchemy import event
-
-    def on_connect(dbapi_connection, _record):
-        cur = dbapi_connection.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
-
-    event.listen(engine, "connect", on_connect)
-    engine.dispose()  # connections made before the listener are closed; new ones get the pragmas
-    return storage
 
 
 def _check_same_study(study, cfg, directions: list[str], identity: dict) -> None:
@@ -911,7 +802,7 @@ class _ProgressBar:
             new, self.n_seen = len(self.plans) > self.n_seen, len(self.plans)
         points = _feasible_losses(study, self.teacher, self.objectives, self.maximize)
         front = pareto_front(points)
-        hv = hypervolume([points[i] for i in front], _reference(len(self.objectives), self.maximize))
+        hv = hypervolume([points[i] for i in front], reference_point(len(self.objectives), self.maximize))
         self.bar.set_postfix_str(f"front {len(front)}, HV {hv:.4f}, last {trial.user_attrs.get('plan', '?')}",
                                  refresh=not new)
         if new:
@@ -924,13 +815,13 @@ class _ProgressBar:
 
 def _feasible_losses(study, teacher, objectives, maximize) -> list[list[float]]:
     t = [teacher[o] for o in objectives]
-    return [_normalised_losses(tr.values, t, maximize) for tr in study.get_trials(deepcopy=False)
+    return [normalised_losses(tr.values, t, maximize) for tr in study.get_trials(deepcopy=False)
             if tr.state.name == "COMPLETE" and tr.user_attrs.get("feasible", True)]
 
 
 def _study_hypervolume(study, teacher, objectives, maximize) -> float:
     points = _feasible_losses(study, teacher, objectives, maximize)
-    return hypervolume(points, _reference(len(objectives), maximize))
+    return hypervolume(points, reference_point(len(objectives), maximize))
 
 
 # -- results ---------------------------------------------------------------------------------------------------
@@ -968,16 +859,24 @@ def export_trials(study, out_dir: str) -> dict:
 
 
 def frontier_rows(study) -> list[dict]:
-    """The feasible Pareto-optimal trials (Optuna's ``best_trials``), cheapest first, as table rows.
+    """The feasible Pareto-optimal trials, cheapest first, as table rows: the same front as
+    :meth:`modsearch.results.StudyResults.frontier` (one :func:`pareto_front`, the first trial of each plan).
 
     A plan that several trials share (a sampler may propose a known plan; it gets the cached values) is listed
     once, under its first trial."""
     names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
-    rows, seen = [], set()
-    for t in sorted(study.best_trials, key=lambda t: t.number):
-        if t.user_attrs.get("plan") in seen:
+    signs = [-1.0 if d.name == "MAXIMIZE" else 1.0 for d in study.directions]
+    pool, seen = [], set()
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if t.state.name != "COMPLETE" or not t.user_attrs.get("feasible", True) or t.user_attrs.get("plan") in seen:
+            continue
+        if not all(math.isfinite(v) for v in t.values):
             continue
         seen.add(t.user_attrs.get("plan"))
+        pool.append(t)
+    rows = []
+    for i in pareto_front([[s * v for s, v in zip(signs, t.values)] for t in pool]):
+        t = pool[i]
         row = {"trial": t.number, "plan": t.user_attrs.get("plan"), "strategy": t.user_attrs.get("strategy")}
         row.update(dict(zip(names, t.values)))
         for k in ("params_ratio", "speedup", "speedup_basis"):

@@ -41,45 +41,15 @@ import time
 from collections.abc import Callable
 
 from .._errors import UserError
+from ._storage import open_storage, quiet_warnings, storage_url
 
 __all__ = ["run_worker", "run_local_workers", "worker_storage"]
 
 
 def worker_storage(url: str, heartbeat_interval: int = 10, grace_period: int | None = None, max_retry: int = 3):
-    """An Optuna ``RDBStorage`` with heartbeats: a trial silent for ``grace_period`` seconds (default twice the
-    interval) is failed by the next worker to start a trial, and queued again (up to ``max_retry`` times)."""
-    import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-    from ._run import _quiet_warnings, sqlite_wal
-
-    if "://" not in url:
-        raise UserError(f"--storage {url!r} is not a storage URL (postgresql://user@host/db, sqlite:///path.db)")
-    if heartbeat_interval < 1:
-        raise UserError(f"--heartbeat must be >= 1 second, not {heartbeat_interval}")
-    grace = grace_period if grace_period is not None else 2 * heartbeat_interval
-    if grace < heartbeat_interval:
-        raise UserError(f"--grace ({grace}) must be at least --heartbeat ({heartbeat_interval})")
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
-        if path and path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    from ._run import storage_url
-
-    engine = {"pool_pre_ping": True}
-    if url.startswith(("postgresql", "mysql")):
-        engine["connect_args"] = {"connect_timeout": 10}
-    try:
-        with _quiet_warnings():  # RetryHeartbeatStaleTrialCallback is "experimental" since Optuna 2.8
-            return sqlite_wal(optuna.storages.RDBStorage(
-                storage_url(url), engine_kwargs=engine, heartbeat_interval=heartbeat_interval, grace_period=grace,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry)))
-    except ImportError as exc:
-        raise UserError(f"storage {url!r} needs a database driver that is not installed ({exc}); for "
-                        "PostgreSQL: pip install 'modsearch[postgres]'") from None
-    except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot open storage {url!r}: {first}") from None
+    """The study's storage with heartbeats (see :func:`open_storage`): a dead worker's trial is failed and queued
+    again."""
+    return open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry)
 
 
 @contextlib.contextmanager
@@ -90,8 +60,7 @@ def _setup_lock(url: str, name: str):
     if url.startswith(("postgresql", "mysql")):
         import sqlalchemy
 
-        from ._run import storage_url
-
+    
         try:
             engine = sqlalchemy.create_engine(storage_url(url), poolclass=sqlalchemy.pool.NullPool,
                                               connect_args={"connect_timeout": 10})
@@ -151,7 +120,7 @@ def run_worker(cfg, url: str, *, heartbeat_interval: int = 10, grace_period: int
     from optuna.trial import TrialState
 
     from . import _run as search
-    from ._run import _quiet_warnings, run_search, worker_id
+    from ._run import run_search, worker_id
 
     if cfg.n_trials is None or cfg.n_plans is not None:
         raise UserError(f"study {cfg.name}: workers share an exact budget of trials: set budget.n_trials or pass "
@@ -209,7 +178,7 @@ def run_worker(cfg, url: str, *, heartbeat_interval: int = 10, grace_period: int
                 break
             if n_done + len(running) >= budget:
                 # The rest of the budget is running elsewhere: wait, failing (and requeuing) stale trials.
-                with _quiet_warnings():
+                with quiet_warnings():
                     optuna.storages.fail_stale_trials(study)
                 search.fail_dead_trials(study, max_retry)
                 time.sleep(poll)
