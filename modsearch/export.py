@@ -38,7 +38,8 @@ def export_model(bank: LayerBank, plan: str | AssemblyPlan, out: str, overwrite:
         "schema_version": 1,
         "modsearch_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "bank": {"path": os.path.abspath(bank.path), "checksum": bank.checksum,
+        # Names and checksums, not machine paths: the export is shared; the checksum identifies the bank.
+        "bank": {"name": os.path.basename(os.path.normpath(bank.path)), "checksum": bank.checksum,
                  "architecture": bank.manifest["architecture"]},
         **plan.to_json(bank.checksum, bank.stack_names),
         **bank.describe_plan(plan),
@@ -185,10 +186,10 @@ def export_study_point(source: str, out: str, *, trial: int | None = None, pick:
                         f"searched (checksum {res.bank_checksum[:12]}); its trials' figures would not apply")
     chosen = rec.plan if rec is not None else plan
     info = {
-        "study": {"name": res.name, "storage": _redact(res.storage), "source": os.path.abspath(source)
+        "study": {"name": res.name, "storage": _redact(res.storage), "source": os.path.basename(source)
                   if res.source else None, "objectives": res.objectives,
                   "constraints": res.identity.get("constraints", []), "data_hash": res.identity.get("data_hash"),
-                  "dev_data": res.config.get("data_path"), "task": res.identity.get("task")},
+                  "dev_data": os.path.basename(res.config.get("data_path") or "") or None, "task": res.identity.get("task")},
         "trial": rec.number if rec is not None else None,
         "strategy": rec.strategy if rec is not None else None,
         "picked_by": pick,
