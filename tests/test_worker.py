@@ -97,14 +97,14 @@ _LAUNCHER = """
 import os, sys, time
 import torch
 torch.set_num_threads(1)
-from modsearch.search import _run
+from modsearch.search import EvaluationCache
 delay = float(os.environ.get("MODSEARCH_TEST_EVAL_DELAY") or 0)
-log = _run.EvaluationCache.log
+log = EvaluationCache.log
 def slow_log(self, event, kind, plan):
     log(self, event, kind, plan)
     if event == "start":
         time.sleep(delay)
-_run.EvaluationCache.log = slow_log
+EvaluationCache.log = slow_log
 from modsearch.cli import main
 sys.exit(main(sys.argv[1:]))
 """

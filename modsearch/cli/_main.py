@@ -125,7 +125,7 @@ def cmd_bank_train(a) -> int:
                       w_attn=a.w_attn, seed=a.seed, eval_every=a.eval_every, eval_size=a.eval_size,
                       checkpoint_every=a.checkpoint_every, source_field=a.source_field,
                       target_field=a.target_field, text_field=a.text_field, threads=a.threads,
-                      objective=a.objective, p_drop=a.p_drop, chunk_tokens=a.chunk_tokens, device=a.device,
+                      objective=a.objective, chunk_tokens=a.chunk_tokens, device=a.device,
                       autocast=a.autocast).validate()
     final = train_bank(bank, a.data, cfg, dev_data=a.dev, resume=a.resume, continue_training=a.continue_training)
     rows = [{"module": k, **{m: f"{v:.4f}" for m, v in d.items()}} for k, d in final.items()]
@@ -301,8 +301,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--objective", default="logits",
                    help="logits (sampled students, the paper's loss) or hidden (per-module hidden-state "
                         "distillation from shared teacher states; for large models)")
-    s.add_argument("--p-drop", type=float, default=0.0,
-                   help="probability that a sampled student drops a layer it keeps (default 0)")
     s.add_argument("--chunk-tokens", type=int, default=512,
                    help="tokens per LM-head chunk: bounds the memory of the logit losses (default 512)")
     s.add_argument("--device", default="cpu", help="cpu, cuda[:n] or mps (default cpu)")

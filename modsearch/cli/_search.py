@@ -50,7 +50,7 @@ def add_search_parser(sub, fmt, examples) -> None:
 
 
 def cmd_search(a) -> int:
-    from ..search._run import format_frontier, run_search
+    from ..search import format_frontier, run_search
     from ..search._config import StudyConfig
 
     cfg = StudyConfig.load(a.study).override(storage=a.storage, study_name=a.study_name, n_trials=a.n_trials,

@@ -120,7 +120,8 @@ def run_worker(cfg, url: str, *, heartbeat_interval: int = 10, grace_period: int
     from optuna.trial import TrialState
 
     from . import _run as search
-    from ._run import run_search, worker_id
+    from ._cache import worker_id
+    from ._run import run_search
 
     if cfg.n_trials is None or cfg.n_plans is not None:
         raise UserError(f"study {cfg.name}: workers share an exact budget of trials: set budget.n_trials or pass "

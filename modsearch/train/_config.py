@@ -20,7 +20,6 @@ class TrainConfig:
     ``objective`` is ``"logits"`` (the paper's: sampled students, task CE + logit KL + hidden + attention terms)
     or ``"hidden"`` (each module maps the teacher's hidden state at the start of its span to the one at its end,
     from teacher states computed once per batch; no LM head in the loop: for large-vocabulary models).
-    ``p_drop`` is the probability that a layer the sampled student keeps is dropped instead (0: never).
     """
 
     steps: int = 2000
@@ -31,7 +30,6 @@ class TrainConfig:
     weight_decay: float = 0.0
     p_start: float = 0.3
     ramp: float = 0.7
-    p_drop: float = 0.0
     objective: str = "logits"
     w_task: float = 1.0
     w_logits: float = 1.0
@@ -57,8 +55,6 @@ class TrainConfig:
             raise UserError(f"unknown --autocast {self.autocast!r}: use none, bf16 or fp16")
         if self.steps < 1 or self.batch_tokens < 1 or self.chunk_tokens < 1:
             raise UserError("--steps, --batch-tokens and --chunk-tokens must be positive")
-        if not 0.0 <= self.p_drop < 1.0:
-            raise UserError(f"--p-drop must be in [0, 1), not {self.p_drop}")
         dev = self.device.split(":")[0]
         if dev not in ("cpu", "cuda", "mps"):
             raise UserError(f"unknown --device {self.device!r}: use cpu, cuda[:n] or mps")

@@ -221,7 +221,7 @@ def train_bank(bank, data: str, cfg: TrainConfig, dev_data: str | None = None, r
                 else:
                     # One RNG per step, so a resumed run samples exactly the students an uninterrupted one would.
                     rng = random.Random(f"{cfg.seed}:{state.step}")
-                    plan = sample_student(bank, replace_probability(state.step, cfg), rng, cfg.p_drop)
+                    plan = sample_student(bank, replace_probability(state.step, cfg), rng)
                     parts, per_module = distillation_step(bank, student, plan, inputs, labels, cfg, backward=True)
                 grads = [p for _, p in params if p.grad is not None]
                 if grads:

@@ -1,0 +1,112 @@
+"""Baselines evaluated before the sampler runs: the teacher, uniform granularities, the paper's speed-first and
+size-first ladders, and layer dropping; each tagged with its strategy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .._errors import UserError
+from ..plan._plan import DROP, LAYER, MODULE, AssemblyPlan, Block, PlanSpace
+
+
+def _even_tiling(depth: int, spans: set[tuple[int, int]], n: int) -> tuple[Block, ...] | None:
+    """A tiling of a stack into exactly ``n`` blocks (layers and modules, no drops) with the most even spans
+    (smallest largest span, then fewest modules, then earliest modules), or None when there is none."""
+    best: dict[tuple[int, int], tuple | None] = {}
+
+    def go(p: int, k: int):
+        if (p, k) in best:
+            return best[(p, k)]
+        if p == depth:
+            res = ((0, 0), ()) if k == 0 else None
+        elif k == 0:
+            res = None
+        else:
+            res = None
+            # Modules first: on a tie the earliest position takes the module.
+            options = [Block(i, j, MODULE) for i, j in sorted(spans) if i == p] + [Block(p, p, LAYER)]
+            for b in options:
+                rest = go(b.end + 1, k - 1)
+                if rest is None:
+                    continue
+                (mx, mods), blocks = rest
+                score = (max(mx, b.span), mods + (b.kind == MODULE))
+                if res is None or score < res[0]:
+                    res = (score, (b, *blocks))
+        best[(p, k)] = res
+        return res
+
+    res = go(0, n)
+    return None if res is None else res[1]
+
+
+def _ladder(depth: int, spans: set[tuple[int, int]]) -> list[tuple[Block, ...]]:
+    """The stack compressed step by step: the even tilings with depth-1, depth-2, ... blocks (where they exist)."""
+    out = []
+    for n in range(depth - 1, 0, -1):
+        t = _even_tiling(depth, spans, n)
+        if t is not None:
+            out.append(t)
+    return out
+
+
+def seed_plans(bank, space: PlanSpace, strategies: Sequence[str]) -> list[tuple[AssemblyPlan, str]]:
+    """The baseline plans to evaluate before sampling, each with the strategy that proposed it.
+
+    - ``teacher``: every original layer.
+    - ``uniform``: for each module span k the bank has, every stack tiled with k-modules (the rest kept).
+    - ``speed-first`` (Modular Transformers): compress the decoder first (it runs once per generated token),
+      one step at a time with the most even modules, then the encoder.
+    - ``size-first`` (Modular Transformers): compress every stack evenly, step by step.
+    - ``drop-alternate``: drop every other layer (1, 3, 5...) of every stack.
+    - ``drop-one``: each single layer dropped in turn (which single drop hurts least shows in the study).
+
+    A plan proposed by several strategies is listed once, under the first. Plans outside ``space`` (drops
+    when drops are off, spans left out) are skipped.
+    """
+    depths, spans = list(space.depths), [set(m) for m in space.modules]
+    teacher = tuple(tuple(Block(i, i, LAYER) for i in range(d)) for d in depths)
+    found: list[tuple[AssemblyPlan, str]] = []
+
+    def add(stacks, strategy):
+        plan = AssemblyPlan(tuple(stacks))
+        if space.contains(plan) and all(str(plan) != str(p) for p, _ in found):
+            found.append((plan, strategy))
+
+    for strategy in strategies:
+        if strategy == "teacher":
+            add(teacher, strategy)
+        elif strategy == "uniform":
+            for k in sorted({j - i + 1 for s in spans for i, j in s}):
+                stacks = []
+                for d, s in zip(depths, spans):
+                    blocks, p = [], 0
+                    while p < d:
+                        b = Block(p, p + k - 1, MODULE) if (p, p + k - 1) in s else Block(p, p, LAYER)
+                        blocks.append(b)
+                        p = b.end + 1
+                    stacks.append(tuple(blocks))
+                add(stacks, strategy)
+        elif strategy == "speed-first":
+            ladders = [_ladder(d, s) for d, s in zip(depths, spans)]
+            order = list(range(len(depths)))[::-1]  # decoder (last stack) first
+            current = list(teacher)
+            for s in order:
+                for step in ladders[s]:
+                    current[s] = step
+                    add(current, strategy)
+        elif strategy == "size-first":
+            ladders = [_ladder(d, s) for d, s in zip(depths, spans)]
+            for step in range(max((len(ld) for ld in ladders), default=0)):
+                add([ld[min(step, len(ld) - 1)] if ld else t for ld, t in zip(ladders, teacher)], strategy)
+        elif strategy == "drop-alternate":
+            add([tuple(Block(i, i, DROP if i % 2 else LAYER) for i in range(d)) for d in depths], strategy)
+        elif strategy == "drop-one":
+            for s, d in enumerate(depths):
+                for i in range(d):
+                    stacks = list(teacher)
+                    stacks[s] = tuple(Block(j, j, DROP if j == i else LAYER) for j in range(d))
+                    add(stacks, strategy)
+        else:
+            raise UserError(f"unknown seed strategy {strategy!r}")
+    return found
