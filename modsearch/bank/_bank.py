@@ -106,6 +106,7 @@ class LayerBank:
             self.modules[(e.stack, e.start, e.end)] = e
         self._base = None
         self._tokenizer = None
+        self._checksum: str | None = None
         self._layers: dict[tuple[str, int, int], nn.Module] = {}
 
     # -- loading ------------------------------------------------------------------------------------------
@@ -165,6 +166,9 @@ class LayerBank:
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
+            self._check_files({os.path.join(self.manifest["base"]["dir"], f): h
+                               for f, h in self.manifest["base"]["files"].items()
+                               if f.startswith(("tokenizer", "special_tokens", "vocab", "merges", "spiece"))}, "tokenizer")
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(self.base_dir)
             except Exception as exc:
@@ -175,8 +179,10 @@ class LayerBank:
         return any(f.startswith("tokenizer") for f in self.manifest["base"]["files"])
 
     def _base_files(self) -> dict[str, str]:
+        # What shapes the model's outputs: weights, config and generation defaults (the tokenizer is checked when
+        # it loads). An edited file is refused here and changes the checksum, so no cache serves it stale scores.
         return {os.path.join(self.manifest["base"]["dir"], f): h for f, h in self.manifest["base"]["files"].items()
-                if f.endswith(".safetensors") or f == "config.json"}
+                if f.endswith(".safetensors") or f in ("config.json", "generation_config.json")}
 
     def _check_files(self, files: dict[str, str], what: str) -> None:
         for rel, expected in files.items():
@@ -212,13 +218,22 @@ class LayerBank:
     # -- identity -----------------------------------------------------------------------------------------
     @property
     def checksum(self) -> str:
-        """sha256 over every weight/config file's sha256 and the module spans: names the bank's content."""
-        h = hashlib.sha256()
-        for rel, digest in sorted(self.manifest["base"]["files"].items()):
-            h.update(f"base/{rel}={digest}\n".encode())
-        for e in sorted(self.modules.values(), key=lambda e: e.name):
-            h.update(f"{e.name}={e.sha256}\n".encode())
-        return h.hexdigest()
+        """sha256 over the sha256 of every file of the bank (weights, configs, generation config, tokenizer) and
+        the module spans: names the bank's content. Hashed from the files as they are (once per instance), so an
+        edited file changes it even when the manifest was not updated: caches keyed by it stay honest."""
+        if self._checksum is None:
+            h = hashlib.sha256()
+            for rel, digest in sorted(self.manifest["base"]["files"].items()):
+                h.update(f"base/{rel}={self._live_sha256(os.path.join(self.manifest['base']['dir'], rel), digest)}\n"
+                         .encode())
+            for e in sorted(self.modules.values(), key=lambda e: e.name):
+                h.update(f"{e.name}={self._live_sha256(e.file, e.sha256)}\n".encode())
+            self._checksum = h.hexdigest()
+        return self._checksum
+
+    def _live_sha256(self, rel: str, recorded: str) -> str:
+        full = os.path.join(self.path, rel)
+        return sha256_file(full) if os.path.isfile(full) else f"missing:{recorded}"
 
     @property
     def source_prefix(self) -> str:
@@ -357,7 +372,7 @@ class LayerBank:
         if provenance:
             manifest["provenance"].update(provenance)
         write_json(os.path.join(self.path, MANIFEST), manifest)
-        self.manifest, self.modules = manifest, entries
+        self.manifest, self.modules, self._checksum = manifest, entries, None
         for key in states:
             self._layers.pop(key, None)
         self.remove_unused_files()
@@ -401,7 +416,7 @@ class LayerBank:
             e.sha256 = rewrite(e.file)
         self.manifest["modules"] = [e.to_json() for e in self.modules.values()]
         self.manifest["provenance"]["storage_dtype"] = dtype
-        self._base, self._layers = None, {}
+        self._base, self._layers, self._checksum = None, {}, None
         write_json(os.path.join(self.path, MANIFEST), self.manifest)
 
     def set_task(self, **task) -> None:

@@ -48,7 +48,10 @@ class EvaluationCache:
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             self.misses += 1
             return None
-        if not isinstance(entry, dict) or entry.get("digest") != digest or "value" not in entry:
+        # The stored key itself must equal the one asked for (as JSON): a digest collision, a planted file or an
+        # entry written under another key scheme is a miss.
+        if (not isinstance(entry, dict) or entry.get("digest") != digest or "value" not in entry
+                or _canonical(entry.get("key")) != _canonical(parts)):
             self.misses += 1
             return None
         self.hits += 1
@@ -89,6 +92,10 @@ class EvaluationCache:
             os.write(fd, line.encode("utf-8"))
         finally:
             os.close(fd)
+
+
+def _canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False)
 
 
 def worker_id() -> str:

@@ -9,10 +9,30 @@ import json
 import time
 
 from .._errors import UserError
+from .._io import sha256_file
+from .._version import software_versions
 from ..plan._plan import AssemblyPlan
 from ._cache import EvaluationCache
 
 __all__ = ["PlanEvaluator", "evaluate_plan"]
+
+
+def _local_code_hash(metric: str) -> str | None:
+    """sha256 over a local metric module's files (a script, or every file of a directory); None for a name."""
+    import hashlib as _h
+    import os
+
+    if os.path.isfile(metric):
+        return sha256_file(metric)
+    if os.path.isdir(metric):
+        h = _h.sha256()
+        for root, dirs, files in os.walk(metric):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for f in sorted(files):
+                h.update(f"{os.path.relpath(os.path.join(root, f), metric)}={sha256_file(os.path.join(root, f))}\n"
+                         .encode())
+        return h.hexdigest()
+    return None
 
 
 class PlanEvaluator:
@@ -52,6 +72,7 @@ class PlanEvaluator:
         self._cost_machine = {k: fp.get(k) for k in FINGERPRINT_KEYS} | {"transformers": fp.get("transformers")}
         self.fingerprint_id = hashlib.sha256(json.dumps(self._cost_machine, sort_keys=True).encode()).hexdigest()[:16]
         self._base = {"bank": bank.checksum}
+        self._quality_base = None
 
     def _input_lengths(self) -> list[int]:
         tok = self.bank.tokenizer
@@ -60,13 +81,20 @@ class PlanEvaluator:
 
     # -- keys ---------------------------------------------------------------------------------------------
     def quality_key(self, plan: AssemblyPlan) -> dict:
-        return self._base | {"plan": str(plan), "data": self.devset.content_hash, "task": self.task.to_json(),
-                             "source_prefix": self.bank.source_prefix}
+        """Everything a score depends on: bank content, plan, dev data, task (with the content of any local
+        metric module, not just its path), the bank's source prefix and the software versions."""
+        if self._quality_base is None:
+            self._quality_base = {"data": self.devset.content_hash, "task": self.task.to_json(),
+                                  "metric_code": {m: _local_code_hash(m) for m in self.task.metrics
+                                                  if _local_code_hash(m)},
+                                  "source_prefix": self.bank.source_prefix, "software": software_versions()}
+        return self._base | self._quality_base | {"plan": str(plan)}
 
     def cost_key(self, plan: AssemblyPlan, latency: bool) -> dict:
         key = self._base | {"plan": str(plan), "target": self.target.to_dict() if self.target else None,
                             "latency": latency, "software": {k: self._cost_machine.get(k)
-                                                             for k in ("torch", "transformers")}}
+                                                             for k in ("torch", "transformers")}
+                            | {"modsearch": software_versions()["modsearch"]}}
         if latency:
             key["machine"] = self._cost_machine
         return key
