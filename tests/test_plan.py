@@ -131,3 +131,29 @@ def test_sampling_at_given_depths_is_uniform_over_exactly_those_plans(drops):
     if not drops:  # without drops a 4-layer stack with 2- and 3-layer modules keeps at least 2 blocks
         with pytest.raises(UserError, match="keeps 1 block"):
             space.sample_depths((1, 1))
+
+
+def test_listing_a_deep_space_is_lazy():
+    """24+24 layers with modules of span 2, 3, 4 and 6 at every start: 4.5·10⁸ tilings per stack. Listing the
+    first plans must not enumerate a stack first (it ran out of memory before)."""
+    import itertools
+
+    spans = {(i, i + k - 1) for k in (2, 3, 4, 6) for i in range(0, 24 - k + 1)}
+    space = PlanSpace([24, 24], [spans, spans])
+    produced = []
+    tilings = space._stack_tilings
+
+    def counted(s):
+        for t in tilings(s):
+            produced.append(s)
+            yield t
+
+    space._stack_tilings = counted
+    first = list(itertools.islice(space, 5))
+    assert len({str(p) for p in first}) == 5
+    assert len(produced) < 10  # a handful of tilings were made, not a stack's 4.5·10⁸
+    # the lazy order is the product order on a small space, every plan once
+    small = PlanSpace([3, 2], [{(0, 1)}, {(0, 1)}])
+    tilings = [list(small._stack_tilings(s)) for s in range(2)]
+    assert [str(p) for p in small] == [str(AssemblyPlan(c)) for c in itertools.product(*tilings)]
+    assert len(list(small)) == small.count()

@@ -1,5 +1,6 @@
 """Study configs are validated strictly: every mistake is one line that names the key."""
 
+import os
 import pytest
 
 from modsearch import UserError
@@ -119,3 +120,13 @@ def test_search_help_has_description_and_examples(capsys):
         main(["search", "--help"])
     out = capsys.readouterr().out
     assert "frontier" in out and "examples:" in out and "modsearch search studies/bible-en-fr.toml" in out
+
+
+def test_another_study_name_writes_its_trials_to_a_folder_of_its_own(tmp_path):
+    cfg = _load(tmp_path, BASE)
+    other = cfg.override(study_name="other")
+    assert other.output != cfg.output and os.path.basename(other.output) == "other"
+    assert other.storage == cfg.storage  # the same storage holds both studies, by name
+    explicit = _load(tmp_path, 'output = "results"\n' + BASE)
+    assert explicit.override(study_name="b").output == os.path.join(explicit.output, "b")
+    assert cfg.override(study_name=cfg.name).output == cfg.output

@@ -15,7 +15,6 @@ them lazily, and samples them uniformly.
 
 from __future__ import annotations
 
-import itertools
 import random
 import re
 from collections.abc import Iterator, Sequence
@@ -188,15 +187,22 @@ class PlanSpace:
                 for rest in self._stack_plans(s, b.end + 1):
                     yield (b, *rest)
 
+    def _stack_tilings(self, s: int) -> Iterator[tuple[Block, ...]]:
+        return (t for t in self._stack_plans(s) if any(b.kind != DROP for b in t))
+
     def __iter__(self) -> Iterator[AssemblyPlan]:
-        per_stack = [
-            (lambda s=s: (t for t in self._stack_plans(s) if any(b.kind != DROP for b in t)))
-            for s in range(len(self.depths))
-        ]
-        # itertools.product materialises its inputs; stacks are small enough (24 layers: ~10^7 tilings is the
-        # outer limit), but the product itself stays lazy.
-        for combo in itertools.product(*(list(f()) for f in per_stack)):
-            yield AssemblyPlan(tuple(combo))
+        """Every plan, lazily, in a fixed order (the last stack varies fastest). Nothing is materialised:
+        ``itertools.product`` would list every tiling of every stack first (4.5·10⁸ for a 24-layer stack)."""
+        def combos(s: int) -> Iterator[tuple[tuple[Block, ...], ...]]:
+            if s == len(self.depths):
+                yield ()
+                return
+            for tiling in self._stack_tilings(s):
+                for rest in combos(s + 1):
+                    yield (tiling, *rest)
+
+        for combo in combos(0):
+            yield AssemblyPlan(combo)
 
     def _sample_stack(self, s: int, rng: random.Random) -> tuple[Block, ...]:
         while True:

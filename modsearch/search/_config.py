@@ -336,6 +336,12 @@ class StudyConfig:
             if not re.fullmatch(r"[\w.-]+", study_name):
                 raise UserError(f"--study-name {study_name!r}: use letters, digits, '.', '_' or '-'")
             changes["name"] = study_name
+            if study_name != self.name:
+                # Another study writes its trials CSV/Parquet to a folder of its own: <dir>/<name> when the file
+                # used the default <dir>/<file's name>, else a subfolder of the file's output.
+                parent, leaf = os.path.split(os.path.normpath(self.output))
+                changes["output"] = (os.path.join(parent, study_name) if leaf == self.name
+                                     else os.path.join(self.output, study_name))
         if storage is not None:
             if "://" not in storage:
                 raise UserError(f"--storage {storage!r} is not a storage URL (sqlite:///path.db, "
