@@ -7,7 +7,7 @@ depth and nearly the same parameter count.
 
 Usage (a bank is created from --teacher, copied untouched for the "untrained" rows, and trained):
 
-    python benchmarks/module_training.py --teacher banks/bible-en-fr.work/teacher/best \\
+    python benchmarks/module_training.py --teacher banks/bible-en-fr/base \\
         --train banks/bible-en-fr.work/data/train.jsonl --dev data/bible-en-fr/dev.jsonl --steps 300
 
 or, on a bank whose modules are already trained (the untrained twin is re-created from its base model):
