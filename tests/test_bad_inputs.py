@@ -190,7 +190,7 @@ CASES = {
     "train with an unknown objective": (lambda c: c.train("--objective", "magic"), "unknown --objective 'magic'"),
     "train on CUDA without a GPU": (lambda c: c.train("--device", "cuda"), "no usable CUDA GPU"),
     "train data without the bank's fields": (lambda c: c.train(data=c.write("t.jsonl", '{"en": "the", "de": "der"}\n')),
-                                             "lacks field(s) fr"),
+                                             "no field 'fr'"),
 }
 
 

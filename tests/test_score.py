@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from modsearch import UserError, assemble, export_model
 from modsearch.data import DevSet
-from modsearch.quality._score import QualityTask, _length_sorted, encode, score_plan, score_quality
+from modsearch.data import length_sorted
+from modsearch.quality import QualityTask, encode, score_plan, score_quality
 
 SOURCES = ["the a of and to in is that", "for it", "with as was on be by this are at from", "or an",
            "which his her the of", "a", "in is that for it with"]
@@ -93,7 +94,7 @@ def test_length_sorted_batches_come_back_in_dev_set_order(banks):
     one_by_one = [score_quality(model, bank.tokenizer, DevSet.from_lists([s], [t]), task,
                                 return_predictions=True).predictions[0] for s, t in zip(SOURCES, TARGETS)]
     assert batched.predictions == one_by_one
-    assert _length_sorted([3, 5, 5, 1, 4], 2) == [[1, 2], [4, 0], [3]]
+    assert length_sorted([3, 5, 5, 1, 4], 2) == [[1, 2], [4, 0], [3]]
 
 
 @pytest.mark.parametrize("family", ["bart", "llama"])

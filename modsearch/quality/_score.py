@@ -37,7 +37,9 @@ import torch
 from torch import nn
 
 from .._errors import UserError
+from ..data._batching import length_sorted
 from ..data._devset import TASKS, DevSet
+from ._head import head_input, token_scores
 
 __all__ = ["DEFAULT_METRICS", "TEACHER_FORCED", "EncoderCache", "QualityResult", "QualityTask", "encode",
            "prediction_rows", "score_plan", "score_quality"]
@@ -190,16 +192,6 @@ def _encode_texts(tokenizer, texts: Sequence[str], max_tokens: int | None, targe
     return [list(ids) for ids in enc["input_ids"]]
 
 
-def _length_sorted(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Dev-set positions grouped into batches of similar length, longest first.
-
-    Similar lengths waste little compute on padding; longest first makes an out-of-memory error show in the
-    first batch rather than after minutes. Ties keep dev-set order, so batching is deterministic.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
-
-
 def _sources(devset: DevSet, prefix: str) -> list[str]:
     return [prefix + s for s in devset.sources] if prefix else list(devset.sources)
 
@@ -211,7 +203,7 @@ def _source_batches(tokenizer, devset: DevSet, task: QualityTask, prefix: str, l
         ids = [r[:-1] if len(r) > 1 and r[-1] == tokenizer.eos_token_id else r for r in ids]
     pad = _pad_id(tokenizer)
     out = []
-    for index in _length_sorted([len(r) for r in ids], task.batch_size):
+    for index in length_sorted([len(r) for r in ids], task.batch_size):
         input_ids, mask = _pad([ids[i] for i in index], pad, left)
         out.append(_Batch(index, input_ids, mask, input_ids.shape[1] if left else 0))
     return out
@@ -331,11 +323,11 @@ def _teacher_forced(model, tokenizer, devset: DevSet, batches: list[_Batch], hid
                       "labels": labels}
             if hidden is not None:
                 inputs["encoder_outputs"] = _encoder_outputs(hidden[k])
-            logits = model(**inputs).logits
+            x = head_input(model, inputs)
         elif devset.targets is None:
             # lm: each text is scored on its own tokens; right padding never reaches a real token's context.
             ids, mask = _pad(rows, _pad_id(tokenizer), left=False)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1]
+            x = head_input(model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)})[:, :-1]
             labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100).to(device)
         else:
             prompts = [b.input_ids[r, b.input_ids.shape[1] - int(b.attention_mask[r].sum()):].tolist()
@@ -345,18 +337,14 @@ def _teacher_forced(model, tokenizer, devset: DevSet, batches: list[_Batch], hid
             lab = torch.full_like(ids, -100)
             for r, (p, t) in enumerate(zip(prompts, rows)):
                 lab[r, len(p):len(p) + len(t)] = torch.tensor(t)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1]
+            x = head_input(model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)})[:, :-1]
             labels = lab[:, 1:].to(device)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        valid = labels != -100
-        safe = labels.clamp(min=0)
-        nll = -logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1) * valid
-        correct = (logits.argmax(-1) == labels) & valid
-        per_loss, per_tok = nll.sum(-1).tolist(), valid.sum(-1).tolist()
+        nll, correct, tokens = token_scores(model, x, labels)
+        per_loss, per_tok = nll.tolist(), tokens.tolist()
         for r, i in enumerate(b.index):
             ex_loss[i], ex_tokens[i] = per_loss[r], per_tok[r]
         total_loss += float(nll.sum())
-        total_tokens += int(valid.sum())
+        total_tokens += int(tokens.sum())
         total_correct += int(correct.sum())
     if total_tokens == 0:
         raise UserError("the references hold no tokens to score (empty targets?)")
@@ -406,7 +394,7 @@ def score_quality(model: nn.Module, tokenizer, devset: DevSet, task: QualityTask
             elif task.task == "lm":
                 ids = _encode_texts(tokenizer, devset.sources, task.max_source_tokens)
                 batches = [_Batch(index, *_pad([ids[i] for i in index], _pad_id(tokenizer), False))
-                           for index in _length_sorted([len(r) for r in ids], task.batch_size)]
+                           for index in length_sorted([len(r) for r in ids], task.batch_size)]
                 hidden = None
             else:
                 batches = _source_batches(tokenizer, devset, task, prefix, left=kind == "causal")

@@ -30,6 +30,7 @@ import torch
 from .._errors import UserError
 from .._io import write_json
 from ..plan._plan import DROP, MODULE, AssemblyPlan, Block
+from ._head import token_scores
 
 __all__ = ["TABLE_COLUMNS", "build_table", "load_table", "save_table"]
 
@@ -146,17 +147,9 @@ def _loss(model, hidden: list, labels: list, tail) -> tuple[float, int, int]:
 
 
 def _head(model, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
-    # The output head is most of a plan's cost here: run it on the real reference tokens only, not on padding.
-    valid = labels != -100
-    lab = labels[valid]
-    logits = model.get_output_embeddings()(hidden[valid])
-    bias = getattr(model, "final_logits_bias", None)
-    if isinstance(bias, torch.Tensor):
-        logits = logits + bias.view(-1)
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    nll = -logp.gather(-1, lab.unsqueeze(-1)).squeeze(-1)
-    correct = logits.argmax(-1) == lab
-    return float(nll.sum()), int(correct.sum()), int(lab.numel())
+    # The output head is most of a plan's cost here: token_scores runs it on the real reference tokens only.
+    nll, correct, tokens = token_scores(model, hidden, labels)
+    return float(nll.sum()), int(correct.sum()), int(tokens.sum())
 
 
 def _task(devset, batch_size: int):

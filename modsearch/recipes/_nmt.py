@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .._io import atomic_dir, write_json
-from ..train import length_batches as make_batches
+from ..data import length_batches as make_batches
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3, as M2M100 expects (bos 0, pad 1, eos 2)
 

@@ -23,10 +23,12 @@ batches), ``_student`` (the student and the forward taps), ``_losses`` (one batc
 """
 
 from ._config import OBJECTIVES, TrainConfig, TrainState, learning_rate, replace_probability
-from ._data import collate, encode_examples, length_batches, read_examples, stack_masks
+from ..data import length_batches
+from ._data import collate, encode_examples, read_examples, stack_masks
 from ._losses import distillation_step, head_losses, hidden_step, teacher_forced
 from ._loop import CKPT_DIR, evaluate_modules, module_alone_plan, train_bank
-from ._student import Student, capture, head_input, head_logits, sample_student, training_context
+from ..quality._head import head_input, head_logits
+from ._student import Student, capture, sample_student, training_context
 
 __all__ = ["CKPT_DIR", "OBJECTIVES", "Student", "TrainConfig", "TrainState", "capture", "collate",
            "distillation_step", "encode_examples", "evaluate_modules", "head_input", "head_logits", "head_losses",

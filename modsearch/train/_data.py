@@ -3,35 +3,25 @@
 from __future__ import annotations
 
 import os
-import random
 
 import torch
 
 from .._errors import UserError
+from ..data import DevSet
 
 
 def read_examples(path: str, fields: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """Rows of a local JSONL/CSV file as tuples of the given fields (via `datasets`, offline)."""
+    """Rows of a training file as tuples of the given fields: one field (text) for decoder-only banks, two
+    (source, target) for seq2seq ones. Read by the one loader dev sets use (:class:`~modsearch.data.DevSet`), so
+    the same formats and the same one-line errors apply; rows with an empty field are skipped."""
     if not os.path.isfile(path):
         raise UserError(f"training data {path} not found")
-    ext = os.path.splitext(path)[1].lower()
-    kind = {".jsonl": "json", ".json": "json", ".csv": "csv"}.get(ext)
-    if kind is None:
-        raise UserError(f"training data {path}: use a .jsonl or .csv file")
-    import datasets
-
-    datasets.disable_progress_bars()
-    try:
-        ds = datasets.load_dataset(kind, data_files=path, split="train")
-    except Exception as exc:
-        raise UserError(f"training data {path} cannot be read ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
-    missing = [f for f in fields if f not in ds.column_names]
-    if missing:
-        raise UserError(f"training data {path} lacks field(s) {', '.join(missing)}; it has "
-                        f"{', '.join(ds.column_names)} (set the field names with --source-field/--target-field/"
-                        f"--text-field)")
-    rows = [tuple(str(r[f] or "") for f in fields) for r in ds]
+    if len(fields) == 1:
+        data = DevSet.load(path, "lm", text_field=fields[0])
+        rows = [(s,) for s in data.sources]
+    else:
+        data = DevSet.load(path, "translation", source_field=fields[0], target_field=fields[1])
+        rows = list(zip(data.sources, data.targets))
     rows = [r for r in rows if all(x.strip() for x in r)]
     if not rows:
         raise UserError(f"training data {path} has no usable rows")
@@ -47,28 +37,6 @@ def encode_examples(bank, rows, max_len: int, prefix: str) -> list[tuple[list[in
         return list(zip(src, tgt))
     ids = tok([r[0] for r in rows], truncation=True, max_length=max_len)["input_ids"]
     return [(x, x) for x in ids if len(x) > 1]
-
-
-def length_batches(examples, batch_tokens: int, seed: int) -> list[list[int]]:
-    """Length-bucketed batches of about ``batch_tokens`` padded tokens (longest side), in a seeded random order.
-
-    ``examples`` are tuples of token-id lists (source, target). The order depends only on the seed, so a resumed
-    run sees exactly the batches an uninterrupted one would.
-    """
-    rng = random.Random(seed)
-    order = sorted(range(len(examples)), key=lambda i: (max(map(len, examples[i])), rng.random()))
-    out, cur, longest = [], [], 0
-    for i in order:
-        n = max(map(len, examples[i]))
-        if cur and max(longest, n) * (len(cur) + 1) > batch_tokens:
-            out.append(cur)
-            cur, longest = [], 0
-        cur.append(i)
-        longest = max(longest, n)
-    if cur:
-        out.append(cur)
-    rng.shuffle(out)
-    return out
 
 
 def collate(bank, examples, idx) -> tuple[dict, torch.Tensor]:

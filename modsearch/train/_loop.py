@@ -16,7 +16,8 @@ from .._errors import UserError
 from .._io import atomic_dir, sha256_file, write_json
 from ..plan._plan import LAYER, MODULE, AssemblyPlan, Block
 from ._config import TrainConfig, TrainState, learning_rate, replace_probability
-from ._data import collate, encode_examples, length_batches, read_examples
+from ..data import length_batches
+from ._data import collate, encode_examples, read_examples
 from ._losses import distillation_step, hidden_step, teacher_forced
 from ._student import Student, sample_student, training_context
 

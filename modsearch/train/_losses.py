@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from ..plan._plan import DROP, MODULE
 from ._data import stack_masks
-from ._student import capture, head_input, head_logits
+from ..quality._head import head_input, head_logits, token_scores
+from ._student import capture
 
 
 def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -177,16 +178,9 @@ def hidden_step(bank, inputs, labels, cfg, backward: bool = False, modules=None)
 
 @torch.no_grad()
 def teacher_forced(bank, model, batches, chunk_tokens: int = 512) -> dict:
-    """Mean token cross-entropy and token accuracy of ``model`` on collated ``batches`` (teacher forcing),
-    with the LM head run in chunks."""
+    """Mean token cross-entropy and token accuracy of ``model`` on collated ``batches`` (teacher forcing)."""
     total, correct, n = 0.0, 0, 0
     for inputs, labels in batches:
-        x = head_input(model, inputs)
-        m = labels.ne(-100)
-        xs, ys = x[m], labels[m]
-        for a in range(0, int(ys.numel()), chunk_tokens):
-            logits = head_logits(model, xs[a:a + chunk_tokens]).float()
-            total += F.cross_entropy(logits, ys[a:a + chunk_tokens], reduction="sum").item()
-            correct += (logits.argmax(-1) == ys[a:a + chunk_tokens]).sum().item()
-        n += int(m.sum())
+        nll, right, tokens = token_scores(model, head_input(model, inputs), labels, chunk_tokens)
+        total, correct, n = total + float(nll.sum()), correct + int(right.sum()), n + int(tokens.sum())
     return {"dev_loss": total / max(n, 1), "dev_token_acc": correct / max(n, 1)}
