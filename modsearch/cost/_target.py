@@ -37,6 +37,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .._checks import is_int, known_keys, need
 from .._errors import UserError
 
 DEVICES = ("cpu", "cuda", "mps")
@@ -92,38 +93,36 @@ class HardwareTarget:
             raise UserError(f"{where}: must be a table of settings, not {type(d).__name__}")
         known = {"name", "description", "device", "threads", "dtype", "batch_size", "input_length",
                  "output_length", "generation", "num_beams", "protocol"}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        known_keys(d, known, where)
         name = d.get("name", name)
-        _check(isinstance(name, str) and name, where, "name", "a non-empty string")
+        need(isinstance(name, str) and name, where, "name", "a non-empty string")
         device = d.get("device", "cpu")
-        _check(isinstance(device, str) and _device_ok(device), where, "device",
+        need(isinstance(device, str) and _device_ok(device), where, "device",
                "'cpu', 'cuda', 'cuda:N' or 'mps'", device)
         threads = d.get("threads", 1)
         if threads == "all":
             threads = None
         else:
-            _check(_is_int(threads) and threads >= 1, where, "threads", "an integer >= 1 or \"all\"", threads)
+            need(is_int(threads) and threads >= 1, where, "threads", "an integer >= 1 or \"all\"", threads)
         dtype = d.get("dtype", "float32")
-        _check(dtype in DTYPES, where, "dtype", " | ".join(DTYPES), dtype)
+        need(dtype in DTYPES, where, "dtype", " | ".join(DTYPES), dtype)
         batch = d.get("batch_size", 1)
-        _check(_is_int(batch) and batch >= 1, where, "batch_size", "an integer >= 1", batch)
+        need(is_int(batch) and batch >= 1, where, "batch_size", "an integer >= 1", batch)
         inp = d.get("input_length", 32)
-        _check(inp == "dev" or (_is_int(inp) and inp >= 1), where, "input_length",
+        need(inp == "dev" or (is_int(inp) and inp >= 1), where, "input_length",
                "an integer >= 1 or \"dev\"", inp)
         out = d.get("output_length", 32)
-        _check(_is_int(out) and out >= 1, where, "output_length", "an integer >= 1 (exact new tokens)", out)
+        need(is_int(out) and out >= 1, where, "output_length", "an integer >= 1 (exact new tokens)", out)
         gen = d.get("generation", "greedy")
-        _check(gen in GENERATION, where, "generation", " | ".join(GENERATION), gen)
+        need(gen in GENERATION, where, "generation", " | ".join(GENERATION), gen)
         beams = d.get("num_beams", 4 if gen == "beam" else 1)
-        _check(_is_int(beams) and beams >= 1, where, "num_beams", "an integer >= 1", beams)
+        need(is_int(beams) and beams >= 1, where, "num_beams", "an integer >= 1", beams)
         if gen == "greedy" and beams != 1:
             raise UserError(f"{where}: num_beams = {beams} with generation = \"greedy\"; use generation = \"beam\"")
         if gen == "beam" and beams < 2:
             raise UserError(f"{where}: generation = \"beam\" needs num_beams >= 2")
         desc = d.get("description", "")
-        _check(isinstance(desc, str), where, "description", "a string", desc)
+        need(isinstance(desc, str), where, "description", "a string", desc)
         return cls(name=name, device=device, threads=threads, dtype=dtype, batch_size=batch, input_length=inp,
                    output_length=out, generation=gen, num_beams=beams,
                    protocol=_protocol(d.get("protocol", {}), where), description=desc)
@@ -244,35 +243,22 @@ def _protocol(d, where: str) -> Protocol:
     where = f"{where}, [protocol]"
     if not isinstance(d, dict):
         raise UserError(f"{where}: must be a table")
-    known = {"warmup", "min_iterations", "min_seconds", "max_iterations", "statistics"}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise UserError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    known_keys(d, {"warmup", "min_iterations", "min_seconds", "max_iterations", "statistics"}, where)
     p = Protocol()
     warmup = d.get("warmup", p.warmup)
-    _check(_is_int(warmup) and warmup >= 0, where, "warmup", "an integer >= 0", warmup)
+    need(is_int(warmup) and warmup >= 0, where, "warmup", "an integer >= 0", warmup)
     mi = d.get("min_iterations", p.min_iterations)
-    _check(_is_int(mi) and mi >= 1, where, "min_iterations", "an integer >= 1", mi)
+    need(is_int(mi) and mi >= 1, where, "min_iterations", "an integer >= 1", mi)
     ms = d.get("min_seconds", p.min_seconds)
-    _check(isinstance(ms, int | float) and not isinstance(ms, bool) and ms >= 0, where, "min_seconds",
+    need(isinstance(ms, int | float) and not isinstance(ms, bool) and ms >= 0, where, "min_seconds",
            "a number >= 0", ms)
     mx = d.get("max_iterations", p.max_iterations)
-    _check(_is_int(mx) and mx >= mi, where, "max_iterations", f"an integer >= min_iterations ({mi})", mx)
+    need(is_int(mx) and mx >= mi, where, "max_iterations", f"an integer >= min_iterations ({mi})", mx)
     stats = d.get("statistics", list(p.statistics))
-    _check(isinstance(stats, list) and stats and all(s in STATISTICS for s in stats), where, "statistics",
+    need(isinstance(stats, list) and stats and all(s in STATISTICS for s in stats), where, "statistics",
            f"a non-empty list drawn from {', '.join(STATISTICS)}", stats)
     return Protocol(warmup=warmup, min_iterations=mi, min_seconds=float(ms), max_iterations=mx,
                     statistics=tuple(stats))
-
-
-def _check(ok: bool, where: str, key: str, expected: str, value=None) -> None:
-    if not ok:
-        got = "" if value is None else f", got {value!r}"
-        raise UserError(f"{where}: {key} must be {expected}{got}")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _device_ok(device: str) -> bool:

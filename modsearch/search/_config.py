@@ -60,6 +60,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 
+from .._checks import is_int, is_num, known_keys, need
 from .._errors import UserError
 
 __all__ = ["COST_OBJECTIVES", "METRICS", "SAMPLERS", "SEED_STRATEGIES", "Constraint", "StudyConfig"]
@@ -182,29 +183,29 @@ class StudyConfig:
     @classmethod
     def from_dict(cls, raw: dict, base_dir: str = ".", default_name: str = "study", source: str = "") -> StudyConfig:
         where = f"study {source or default_name}"
-        _known(raw, _TOP, where)
+        known_keys(raw, _TOP, where)
         for sec in _SECTIONS:
             if sec in raw:
-                _need(isinstance(raw[sec], dict), where, sec, "a table")
-                _known(raw[sec], _SECTIONS[sec], f"{where}, [{sec}]", prefix=f"{sec}.")
+                need(isinstance(raw[sec], dict), where, sec, "a table")
+                known_keys(raw[sec], _SECTIONS[sec], f"{where}, [{sec}]", prefix=f"{sec}.")
 
         def path(v: str) -> str:
             return v if os.path.isabs(v) else os.path.normpath(os.path.join(base_dir, v))
 
         name = raw.get("name", default_name)
-        _need(isinstance(name, str) and re.fullmatch(r"[\w.-]+", name or ""), where, "name",
+        need(isinstance(name, str) and re.fullmatch(r"[\w.-]+", name or ""), where, "name",
               "a non-empty name of letters, digits, '.', '_' or '-'", name)
         bank = raw.get("bank")
-        _need(isinstance(bank, str) and bank, where, "bank", "the path of a bank directory", bank)
+        need(isinstance(bank, str) and bank, where, "bank", "the path of a bank directory", bank)
 
         data = dict(raw.get("data", {}))
-        _need(isinstance(data.get("path"), str) and data.get("path"), where, "data.path",
+        need(isinstance(data.get("path"), str) and data.get("path"), where, "data.path",
               "the path of the dev data file", data.get("path"))
         for k in ("source_field", "target_field", "text_field"):
             if k in data:
-                _need(isinstance(data[k], str) and data[k], where, f"data.{k}", "a field name", data[k])
+                need(isinstance(data[k], str) and data[k], where, f"data.{k}", "a field name", data[k])
         if "limit" in data:
-            _need(_is_int(data["limit"]) and data["limit"] >= 1, where, "data.limit", "an integer >= 1",
+            need(is_int(data["limit"]) and data["limit"] >= 1, where, "data.limit", "an integer >= 1",
                   data["limit"])
         data_path = data.pop("path")
         if not ("://" in data_path or not _looks_local(data_path)):
@@ -213,107 +214,107 @@ class StudyConfig:
         task = dict(raw.get("task", {}))
         for k in ("num_beams", "max_new_tokens", "batch_size", "max_source_tokens"):
             if k in task:
-                _need(_is_int(task[k]) and task[k] >= 1, where, f"task.{k}", "an integer >= 1", task[k])
+                need(is_int(task[k]) and task[k] >= 1, where, f"task.{k}", "an integer >= 1", task[k])
         for k in ("task", "source_prefix", "primary_key"):
             if k in task:
-                _need(isinstance(task[k], str), where, f"task.{k}", "a string", task[k])
+                need(isinstance(task[k], str), where, f"task.{k}", "a string", task[k])
         if "metric" in task:
             m = task["metric"]
-            _need(isinstance(m, str) and m or isinstance(m, list) and m and all(isinstance(x, str) for x in m),
+            need(isinstance(m, str) and m or isinstance(m, list) and m and all(isinstance(x, str) for x in m),
                   where, "task.metric", "a metric name or a list of them", m)
         if "task" in task:
             from ..data._devset import TASKS
 
-            _need(task["task"] in TASKS, where, "task.task", " | ".join(TASKS), task["task"])
+            need(task["task"] in TASKS, where, "task.task", " | ".join(TASKS), task["task"])
 
         target = raw.get("target")
-        _need(isinstance(target, (str, dict)) and target, where, "target",
+        need(isinstance(target, (str, dict)) and target, where, "target",
               "a target name, a TOML path, or a [target] table", target)
         if isinstance(target, str) and (target.endswith(".toml") or os.sep in target):
             target = path(target)
 
         objectives = raw.get("objectives", ["quality", "latency_ms"])
-        _need(isinstance(objectives, list) and objectives and all(isinstance(o, str) for o in objectives),
+        need(isinstance(objectives, list) and objectives and all(isinstance(o, str) for o in objectives),
               where, "objectives", "a list such as [\"quality\", \"latency_ms\"]", objectives)
-        _need(objectives[0] == "quality", where, "objectives", "a list whose first entry is \"quality\"",
+        need(objectives[0] == "quality", where, "objectives", "a list whose first entry is \"quality\"",
               objectives)
         costs = objectives[1:]
-        _need(bool(costs), where, "objectives", f"quality and at least one of {', '.join(COST_OBJECTIVES)}",
+        need(bool(costs), where, "objectives", f"quality and at least one of {', '.join(COST_OBJECTIVES)}",
               objectives)
         for o in costs:
-            _need(o in COST_OBJECTIVES, where, "objectives",
+            need(o in COST_OBJECTIVES, where, "objectives",
                   f"\"quality\" then some of {', '.join(COST_OBJECTIVES)}", o)
-        _need(len(set(objectives)) == len(objectives), where, "objectives", "a list without repeats", objectives)
+        need(len(set(objectives)) == len(objectives), where, "objectives", "a list without repeats", objectives)
 
         cons = raw.get("constraints", [])
-        _need(isinstance(cons, list), where, "constraints", "a list of strings like \"latency_ms <= 40\"", cons)
+        need(isinstance(cons, list), where, "constraints", "a list of strings like \"latency_ms <= 40\"", cons)
         task_metrics = _task_metrics(task)
         constraints = []
         for c in cons:
             con = Constraint.parse(c, f"{where}: constraints")
-            _need(con.metric in METRICS or con.metric in task_metrics, where, "constraints",
+            need(con.metric in METRICS or con.metric in task_metrics, where, "constraints",
                   f"about a known metric ({', '.join(METRICS + task_metrics)})", con.metric)
             constraints.append(con)
 
         space = raw.get("space", {})
         drops = space.get("drops", True)
-        _need(isinstance(drops, bool), where, "space.drops", "true or false", drops)
+        need(isinstance(drops, bool), where, "space.drops", "true or false", drops)
         grans = space.get("granularities")
         if grans is not None:
-            _need(isinstance(grans, list) and grans and all(_is_int(g) and g >= 2 for g in grans), where,
+            need(isinstance(grans, list) and grans and all(is_int(g) and g >= 2 for g in grans), where,
                   "space.granularities", "a list of module spans >= 2", grans)
 
         sampler = dict(raw.get("sampler", {}))
         sname = sampler.pop("name", "nsga2")
-        _need(sname in SAMPLERS, where, "sampler.name", " | ".join(SAMPLERS), sname)
+        need(sname in SAMPLERS, where, "sampler.name", " | ".join(SAMPLERS), sname)
         settings = _sampler_settings(sname, sampler, where)
 
         budget = raw.get("budget", {})
         n_trials, n_plans, timeout = budget.get("n_trials"), budget.get("n_plans"), budget.get("timeout")
         if n_trials is not None:
-            _need(_is_int(n_trials) and n_trials >= 1, where, "budget.n_trials", "an integer >= 1", n_trials)
+            need(is_int(n_trials) and n_trials >= 1, where, "budget.n_trials", "an integer >= 1", n_trials)
         if n_plans is not None:
-            _need(_is_int(n_plans) and n_plans >= 1, where, "budget.n_plans", "an integer >= 1", n_plans)
+            need(is_int(n_plans) and n_plans >= 1, where, "budget.n_plans", "an integer >= 1", n_plans)
         if timeout is not None:
-            _need(_is_num(timeout) and timeout > 0, where, "budget.timeout", "a number of seconds > 0", timeout)
-        _need(n_trials is not None or n_plans is not None or timeout is not None, where, "budget",
+            need(is_num(timeout) and timeout > 0, where, "budget.timeout", "a number of seconds > 0", timeout)
+        need(n_trials is not None or n_plans is not None or timeout is not None, where, "budget",
               "a table with n_trials, n_plans and/or timeout", budget or None)
 
         seed = raw.get("seed", 0)
-        _need(_is_int(seed) and seed >= 0, where, "seed", "an integer >= 0", seed)
+        need(is_int(seed) and seed >= 0, where, "seed", "an integer >= 0", seed)
         storage = raw.get("storage", "")
-        _need(isinstance(storage, str), where, "storage", "an Optuna storage URL", storage)
+        need(isinstance(storage, str), where, "storage", "an Optuna storage URL", storage)
         output = raw.get("output", "")
-        _need(isinstance(output, str), where, "output", "a directory path", output)
+        need(isinstance(output, str), where, "output", "a directory path", output)
         output = path(output) if output else os.path.join(base_dir, name)
         if storage and "://" not in storage:
             raise UserError(f"{where}: storage must be an Optuna storage URL such as "
                             f"sqlite:///path/study.db or postgresql://..., got {storage!r}")
         storage = storage or f"sqlite:///{os.path.join(output, 'study.db')}"
         cache = raw.get("cache", "")
-        _need(cache is False or isinstance(cache, str), where, "cache", "a directory path or false", cache)
+        need(cache is False or isinstance(cache, str), where, "cache", "a directory path or false", cache)
         cache = None if cache is False else (path(cache) if cache else os.path.join(base_dir, ".cache"))
 
         seeds = raw.get("seeds", {})
         strategies = seeds.get("strategies", list(SEED_STRATEGIES))
-        _need(isinstance(strategies, list) and all(s in SEED_STRATEGIES for s in strategies), where,
+        need(isinstance(strategies, list) and all(s in SEED_STRATEGIES for s in strategies), where,
               "seeds.strategies", f"a list drawn from {', '.join(SEED_STRATEGIES)}", strategies)
         plans = seeds.get("plans", [])
-        _need(isinstance(plans, list) and all(isinstance(p, str) and p for p in plans), where, "seeds.plans",
+        need(isinstance(plans, list) and all(isinstance(p, str) and p for p in plans), where, "seeds.plans",
               "a list of plans in plan notation", plans)
 
         cost = raw.get("cost", {})
         profile = cost.get("profile")
         if profile is not None:
-            _need(isinstance(profile, str) and profile, where, "cost.profile", "the path of a latency profile",
+            need(isinstance(profile, str) and profile, where, "cost.profile", "the path of a latency profile",
                   profile)
             profile = path(profile)
-        _need("profile_latency_ms" not in objectives or profile, where, "cost.profile",
+        need("profile_latency_ms" not in objectives or profile, where, "cost.profile",
               "set when an objective is profile_latency_ms")
         foreign = cost.get("allow_foreign_profile", False)
-        _need(isinstance(foreign, bool), where, "cost.allow_foreign_profile", "true or false", foreign)
+        need(isinstance(foreign, bool), where, "cost.allow_foreign_profile", "true or false", foreign)
         measure = cost.get("measure_latency", False)
-        _need(isinstance(measure, bool), where, "cost.measure_latency", "true or false", measure)
+        need(isinstance(measure, bool), where, "cost.measure_latency", "true or false", measure)
 
         cfg = cls(name=name, bank=path(bank), data_path=data_path, target=target, objectives=list(objectives),
                   constraints=constraints, data=data, task=task, drops=drops,
@@ -415,35 +416,15 @@ def _sampler_settings(name: str, raw: dict, where: str) -> dict:
             known = ", ".join(sorted(allowed)) or "none"
             raise UserError(f"{where}: sampler.{k} is not a setting of sampler {name!r} (its settings: {known})")
         typ = allowed[k]
-        ok = isinstance(v, bool) if typ is bool else (_is_num(v) if typ is float else _is_int(v))
-        _need(ok and (typ is bool or v >= 0), where, f"sampler.{k}",
+        ok = isinstance(v, bool) if typ is bool else (is_num(v) if typ is float else is_int(v))
+        need(ok and (typ is bool or v >= 0), where, f"sampler.{k}",
               {bool: "true or false", float: "a number >= 0", int: "an integer >= 0"}[typ], v)
         if k.endswith("_prob"):
-            _need(0 <= v <= 1, where, f"sampler.{k}", "a probability between 0 and 1", v)
+            need(0 <= v <= 1, where, f"sampler.{k}", "a probability between 0 and 1", v)
         if k == "population_size":
-            _need(v >= 2, where, f"sampler.{k}", "an integer >= 2", v)
+            need(v >= 2, where, f"sampler.{k}", "an integer >= 2", v)
         out[k] = v
     return out
-
-
-def _known(d: dict, known: set[str], where: str, prefix: str = "") -> None:
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise UserError(f"{where}: unknown key {prefix + unknown[0]!r} (known: {', '.join(sorted(known))})")
-
-
-def _need(ok, where: str, key: str, expected: str, value=None) -> None:
-    if not ok:
-        got = "" if value is None else f", got {value!r}"
-        raise UserError(f"{where}: {key} must be {expected}{got}")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _looks_local(p: str) -> bool:
