@@ -201,11 +201,12 @@ def _synthetic(n: int = 10_000, seed: int = 0) -> StudyResults:
 
 
 def test_large_study_is_sampled_but_keeps_every_frontier_point(tmp_path, monkeypatch):
-    import modsearch.report._page as report
+    import modsearch.report as report
+    import modsearch.report._figures as figures
 
     res = _synthetic()
     # Plan strings of the synthetic study are not real plans: draw its diagram from real ones.
-    monkeypatch.setattr(report, "_blocks", lambda plan: [[(i, i, "layer") for i in range(6)]] * 2)
+    monkeypatch.setattr(figures, "_blocks", lambda plan: [[(i, i, "layer") for i in range(6)]] * 2)
     page = report.build_report([res], max_points=2000)
     front = res.frontier(["quality", "latency_ms"])
     fig = report.frontier_figure(res, "latency_ms", max_points=2000)

@@ -29,11 +29,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .._version import __version__
 from .._errors import UserError
 from .._io import atomic_dir, sha256_file, write_json
-from .arch import ArchitectureAdapter, adapter_for
+from .._version import __version__
 from ..plan._plan import DROP, MODULE, AssemblyPlan, PlanSpace
+from .arch import ArchitectureAdapter, adapter_for
+from ._storage import (_compare_shapes, _hash_dir, _layer_state, _load_layer_state, _read_safetensors,
+                       _write_safetensors)
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -503,54 +505,3 @@ def _load_source_model(model: str, trust_remote_code: bool):
     except Exception:
         tokenizer = None  # a bank without a tokenizer can still be assembled; scoring text needs one
     return hf_model, tokenizer
-
-
-def _hash_dir(path: str) -> dict[str, str]:
-    out = {}
-    for root, _, files in os.walk(path):
-        for f in sorted(files):
-            full = os.path.join(root, f)
-            out[os.path.relpath(full, path)] = sha256_file(full)
-    return dict(sorted(out.items()))
-
-
-def _layer_state(layer: nn.Module, private: Sequence[str]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone().contiguous() for k, v in layer.state_dict().items() if k not in private}
-
-
-def _write_safetensors(path: str, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    save_file(tensors, path, metadata={"format": "pt", "writer": f"modsearch {__version__}"})
-
-
-def _read_safetensors(path: str, what: str) -> dict[str, torch.Tensor]:
-    """Read a safetensors file, refusing anything else (safetensors never executes code)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"{what}: not a valid safetensors file ({str(exc).splitlines()[0]})") from None
-
-
-def _compare_shapes(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> str:
-    missing = sorted(set(ref) - set(got))
-    extra = sorted(set(got) - set(ref))
-    if missing:
-        return f"missing tensor(s) {', '.join(missing[:3])}"
-    if extra:
-        return f"unexpected tensor(s) {', '.join(extra[:3])}"
-    for k, v in ref.items():
-        if tuple(got[k].shape) != tuple(v.shape):
-            return f"tensor {k} has shape {tuple(got[k].shape)}, expected {tuple(v.shape)}"
-    return ""
-
-
-def _load_layer_state(layer: nn.Module, tensors: dict[str, torch.Tensor], private: Sequence[str], what: str) -> None:
-    ref = _layer_state(layer, private)
-    bad = _compare_shapes(ref, tensors)
-    if bad:
-        raise UserError(f"{what}: {bad}")
-    layer.load_state_dict(tensors, strict=False)

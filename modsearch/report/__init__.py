@@ -4,6 +4,7 @@ sortable table with export commands, hypervolume.
 >>> write_report(["studies/bible-en-fr.toml"], "reports/bible-en-fr.html")      # doctest: +SKIP
 """
 
-from ._page import build_report, frontier_figure, headline, hypervolume_figure, plan_diagram, write_report
+from ._figures import frontier_figure, headline, hypervolume_figure, plan_diagram
+from ._page import build_report, write_report
 
 __all__ = ["build_report", "frontier_figure", "headline", "hypervolume_figure", "plan_diagram", "write_report"]
