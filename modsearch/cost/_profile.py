@@ -129,6 +129,11 @@ class LatencyProfile:
                             f"{f' and {len(diff) - 1} more' if len(diff) > 1 else ''}); re-profile here or "
                             "pass --allow-foreign-profile to use it anyway")
 
+    def seconds(self, plan) -> float:
+        """Predicted latency of ``plan`` in seconds, without the machine check of :func:`predict` (for tables
+        built elsewhere, and for replays)."""
+        return _predict(self, plan)
+
     def check_bank(self, bank) -> None:
         if bank.checksum != self.bank_checksum:
             raise UserError(f"profile for target {self.target_name!r} was measured on another bank (checksum "

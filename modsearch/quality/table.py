@@ -169,7 +169,6 @@ def build_table(bank, devset, profile=None, *, drops: bool = True, granularities
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from ..cost._profile import _predict
     from ._score import _encode_texts, _source_batches, score_plan
 
     if bank.kind != "seq2seq" or list(bank.stack_names) != ["encoder", "decoder"]:
@@ -243,7 +242,7 @@ def build_table(bank, devset, profile=None, *, drops: bool = True, granularities
                        "depth_encoder": sum(b.kind != DROP for b in e_blocks),
                        "depth_decoder": sum(b.kind != DROP for b in d_blocks), "params": params,
                        "params_ratio": params / teacher_params, "loss": nll / n, "token_accuracy": correct / n,
-                       "profile_latency_ms": _predict(profile, plan) * 1000 if profile is not None else None}
+                       "profile_latency_ms": profile.seconds(plan) * 1000 if profile is not None else None}
                 chunk.append(row)
                 bar.update(1)
             rows.extend(chunk)
