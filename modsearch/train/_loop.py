@@ -257,7 +257,9 @@ def train_bank(bank, data: str, cfg: TrainConfig, dev_data: str | None = None, r
                 state.batch = 0
     bar.close()
 
-    final = evaluate_modules(bank, student, dev, cfg)
+    last = state.history[-1] if state.history else {}
+    # The record of the last step may hold this very evaluation already (eval_every divides the steps).
+    final = last["dev"] if last.get("step") == state.step and "dev" in last else evaluate_modules(bank, student, dev, cfg)
     private = {s: set(bank.adapter.stack_private_keys(s)) for s in bank.stack_names}
     states = {k: {n: t for n, t in bank.module_layer(*k).state_dict().items() if n not in private[k[0]]}
               for k in bank.modules}
