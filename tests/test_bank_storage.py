@@ -17,7 +17,7 @@ def test_float16_storage_halves_the_files_and_keeps_the_logits(tmp_path):
     ids = torch.tensor([[4, 5, 6, 7, 1]])
     dec = torch.tensor([[1, 8, 9]])
     before = assemble(bank, plan)(input_ids=ids, decoder_input_ids=dec).logits
-    sizes = {e.file: os.path.getsize(os.path.join(bank.path, e.file)) for e in bank.modules.values()}
+    sizes = {e.name: os.path.getsize(os.path.join(bank.path, e.file)) for e in bank.modules.values()}
     old_checksum = bank.checksum
 
     bank.store_as("float16")
@@ -25,8 +25,10 @@ def test_float16_storage_halves_the_files_and_keeps_the_logits(tmp_path):
     assert again.verify() == []
     assert again.checksum != old_checksum
     assert again.manifest["provenance"]["storage_dtype"] == "float16"
-    for f, n in sizes.items():
-        assert os.path.getsize(os.path.join(bank.path, f)) < 0.6 * n
+    for e in again.modules.values():  # new files, named by their content; the old ones are gone
+        assert os.path.getsize(os.path.join(bank.path, e.file)) < 0.6 * sizes[e.name]
+    assert sorted(os.listdir(os.path.join(bank.path, "modules"))) == sorted(
+        os.path.basename(e.file) for e in again.modules.values())
     assert next(again.base_model.parameters()).dtype == torch.float32
     after = assemble(again, plan)(input_ids=ids, decoder_input_ids=dec).logits
     assert after.dtype == torch.float32

@@ -347,7 +347,7 @@ class LayerBank:
 
     # -- updates (training) -------------------------------------------------------------------------------
     def save_modules(self, states: dict[tuple[str, int, int], dict[str, torch.Tensor]],
-                     trained: bool = True, metrics: dict[tuple[str, int, int], dict] | None = None,
+                     trained: bool | None = True, metrics: dict[tuple[str, int, int], dict] | None = None,
                      provenance: dict | None = None) -> None:
         """Write new weights for some modules and update the manifest, crash-safe.
 
@@ -366,7 +366,8 @@ class LayerBank:
             e.file = f"modules/{e.name}.{digest[:12]}.safetensors"
             e.sha256 = digest
             os.replace(staged, os.path.join(self.path, e.file))
-            e.trained = trained
+            if trained is not None:  # None keeps each module's flag (a storage rewrite)
+                e.trained = trained
         for key, m in (metrics or {}).items():
             entries[key].metrics = m
         manifest = copy.deepcopy(self.manifest)
@@ -414,12 +415,14 @@ class LayerBank:
         for f in list(base["files"]):
             if f.endswith(".safetensors"):
                 base["files"][f] = rewrite(os.path.join(base["dir"], f))
-        for e in self.modules.values():
-            e.sha256 = rewrite(e.file)
-        self.manifest["modules"] = [e.to_json() for e in self.modules.values()]
         self.manifest["provenance"]["storage_dtype"] = dtype
         self._base, self._layers, self._checksum = None, {}, None
-        write_json(os.path.join(self.path, MANIFEST), self.manifest)
+        # Modules through the crash-safe path: new content-named files, then the manifest, then old files go.
+        states = {}
+        for key, e in self.modules.items():
+            tensors = _read_safetensors(os.path.join(self.path, e.file), f"bank {self.path}: {e.file}")
+            states[key] = {k: (v.to(torch_dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
+        self.save_modules(states, trained=None)
 
     def set_task(self, **task) -> None:
         self.manifest.setdefault("task", {}).update(task)
