@@ -6,7 +6,9 @@ shapes, not on weight values, and no hub is needed. ``--base DIR`` uses a real H
 example the one ``modsearch recipe gemma3-270m`` writes). A bank with aligned 2- and 3-layer modules is made
 from it, and each configuration runs in a fresh process, so that its peak resident memory is its own:
 
-- ``logits``: the paper's objective, every module in the student (p = 1), the LM head in chunks of 512 tokens;
+- ``logits``: the paper's objective, every module in the student (p = 1), the LM head in chunks sized by the
+  vocabulary (the default: 128 tokens, 128 MB of fp32 logits each, at 262k);
+- ``logits-512``: the same with chunks of 512 tokens;
 - ``logits-unchunked``: the same with one chunk for the whole batch (what the first trainer did, and more:
   it also kept teacher and student log-probabilities for every token at once);
 - ``hidden``: the large-model objective (teacher states once per batch, no LM head in the loop).
@@ -30,9 +32,10 @@ import sys
 import tempfile
 import time
 
-CONFIGS = {"logits": {"objective": "logits", "chunk_tokens": 512},
+CONFIGS = {"logits": {"objective": "logits", "chunk_tokens": 0},  # the default: 128 tokens at 262k
+           "logits-512": {"objective": "logits", "chunk_tokens": 512},
            "logits-unchunked": {"objective": "logits", "chunk_tokens": 1 << 30},
-           "hidden": {"objective": "hidden", "chunk_tokens": 512}}
+           "hidden": {"objective": "hidden", "chunk_tokens": 0}}
 
 
 def gemma3_270m_shape():

@@ -254,3 +254,21 @@ def test_a_few_steps_with_default_weights_lower_every_modules_distillation_loss(
     after = train_bank(bank, data, cfg, progress=False, log=lambda *_: None)
     for e in bank.modules.values():
         assert after[e.name]["dev_distill"] < before[e.name]["dev_distill"], e.name
+
+
+def test_head_chunks_are_sized_by_the_vocabulary():
+    from torch import nn
+
+    from modsearch.quality._head import CHUNK_ELEMENTS, chunk_tokens_for
+
+    class Model(nn.Module):
+        def __init__(self, vocab):
+            super().__init__()
+            self.head = nn.Linear(4, vocab, bias=False)
+
+        def get_output_embeddings(self):
+            return self.head
+
+    assert chunk_tokens_for(Model(262144)) == 128  # Gemma-3: 128 MB of fp32 logits per chunk
+    assert chunk_tokens_for(Model(8000)) * 8000 <= CHUNK_ELEMENTS
+    assert chunk_tokens_for(Model(262144), 512) == 512  # an explicit size wins

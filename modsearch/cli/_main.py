@@ -301,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--objective", default="logits",
                    help="logits (sampled students, the paper's loss) or hidden (per-module hidden-state "
                         "distillation from shared teacher states; for large models)")
-    s.add_argument("--chunk-tokens", type=int, default=512,
-                   help="tokens per LM-head chunk: bounds the memory of the logit losses (default 512)")
+    s.add_argument("--chunk-tokens", type=int, default=0,
+                   help="tokens per LM-head chunk, bounding the memory of the logit losses (default 0: sized by "
+                        "the vocabulary, 128 MB of logits per chunk)")
     s.add_argument("--device", default="cpu", help="cpu, cuda[:n] or mps (default cpu)")
     s.add_argument("--autocast", default="none", help="none, bf16 or fp16 (fp16: GPU only); losses stay fp32")
     s.add_argument("--resume", action="store_true", help="continue from BANK/.train (the options must match)")

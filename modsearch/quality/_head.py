@@ -13,6 +13,20 @@ import torch
 from torch import nn
 
 
+#: Logit elements per head chunk when none is asked for: 32 M (128 MB in fp32), so a 262k vocabulary runs 128
+#: tokens at a time and an 8k one a whole batch of 4k tokens.
+CHUNK_ELEMENTS = 1 << 25
+
+
+def chunk_tokens_for(model: nn.Module, requested: int = 0) -> int:
+    """Tokens per head chunk: ``requested`` if positive, else as many as keep one logits tensor at
+    :data:`CHUNK_ELEMENTS` elements."""
+    if requested > 0:
+        return requested
+    vocab = model.get_output_embeddings().weight.shape[0]
+    return max(1, CHUNK_ELEMENTS // vocab)
+
+
 class _HeadReached(Exception):
     def __init__(self, x: torch.Tensor):
         super().__init__("head reached")
@@ -52,9 +66,11 @@ def head_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def token_scores(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, chunk_tokens: int = 1024):
+def token_scores(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, chunk_tokens: int = 0):
     """Per row of ``labels`` (-100: not scored): summed negative log-likelihood, argmax-correct tokens and scored
-    tokens, from head input ``x`` (aligned with ``labels``), the head run ``chunk_tokens`` real tokens at a time."""
+    tokens, from head input ``x`` (aligned with ``labels``), the head run ``chunk_tokens`` real tokens at a time
+    (0: sized by the vocabulary, :func:`chunk_tokens_for`)."""
+    chunk_tokens = chunk_tokens_for(model, chunk_tokens)
     valid = labels.ne(-100)
     rows = valid.nonzero()[:, 0]
     xs, ys = x[valid], labels[valid]

@@ -40,7 +40,7 @@ class TrainConfig:
     eval_every: int = 500
     eval_size: int = 200
     checkpoint_every: int = 200
-    chunk_tokens: int = 512
+    chunk_tokens: int = 0  # tokens per LM-head chunk; 0 sizes them by the vocabulary (128 MB of logits)
     device: str = "cpu"
     autocast: str = "none"
     source_field: str = "source"
@@ -53,8 +53,8 @@ class TrainConfig:
             raise UserError(f"unknown --objective {self.objective!r}: use {' or '.join(OBJECTIVES)}")
         if self.autocast not in ("none", "bf16", "fp16"):
             raise UserError(f"unknown --autocast {self.autocast!r}: use none, bf16 or fp16")
-        if self.steps < 1 or self.batch_tokens < 1 or self.chunk_tokens < 1:
-            raise UserError("--steps, --batch-tokens and --chunk-tokens must be positive")
+        if self.steps < 1 or self.batch_tokens < 1 or self.chunk_tokens < 0:
+            raise UserError("--steps and --batch-tokens must be positive, --chunk-tokens >= 0")
         dev = self.device.split(":")[0]
         if dev not in ("cpu", "cuda", "mps"):
             raise UserError(f"unknown --device {self.device!r}: use cpu, cuda[:n] or mps")

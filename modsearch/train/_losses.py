@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..plan._plan import DROP, MODULE
 from ._data import stack_masks
-from ..quality._head import head_input, head_logits, token_scores
+from ..quality._head import chunk_tokens_for, head_input, head_logits, token_scores
 from ._student import capture
 
 
@@ -39,8 +39,10 @@ def attention_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
 def head_losses(teacher, student, t_x: torch.Tensor, s_x: torch.Tensor, labels: torch.Tensor, w_task: float,
                 w_logits: float, chunk_tokens: int, backward: bool):
     """Task cross-entropy and KL(teacher‖student) over the real tokens, in nats per token, with the LM head run
-    ``chunk_tokens`` tokens at a time. With ``backward``, each chunk's weighted loss is back-propagated to the
+    ``chunk_tokens`` tokens at a time (0: sized by the vocabulary). With ``backward``, each chunk's weighted loss
+    is back-propagated to the
     student's head input as it is computed; returns (task, kl, (s_x_selected, its gradient or None))."""
+    chunk_tokens = chunk_tokens_for(student, chunk_tokens)
     m = labels.ne(-100)
     y = labels[m]
     n = max(int(y.numel()), 1)
@@ -177,7 +179,7 @@ def hidden_step(bank, inputs, labels, cfg, backward: bool = False, modules=None)
 
 
 @torch.no_grad()
-def teacher_forced(bank, model, batches, chunk_tokens: int = 512) -> dict:
+def teacher_forced(bank, model, batches, chunk_tokens: int = 0) -> dict:
     """Mean token cross-entropy and token accuracy of ``model`` on collated ``batches`` (teacher forcing)."""
     total, correct, n = 0.0, 0, 0
     for inputs, labels in batches:
