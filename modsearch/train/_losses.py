@@ -40,8 +40,8 @@ def head_losses(teacher, student, t_x: torch.Tensor, s_x: torch.Tensor, labels: 
                 w_logits: float, chunk_tokens: int, backward: bool):
     """Task cross-entropy and KL(teacher‖student) over the real tokens, in nats per token, with the LM head run
     ``chunk_tokens`` tokens at a time (0: sized by the vocabulary). With ``backward``, each chunk's weighted loss
-    is back-propagated to the
-    student's head input as it is computed; returns (task, kl, (s_x_selected, its gradient or None))."""
+    is back-propagated to the student's head input as it is computed; returns (task, kl, (s_x_selected, its
+    gradient or None))."""
     chunk_tokens = chunk_tokens_for(student, chunk_tokens)
     m = labels.ne(-100)
     y = labels[m]
