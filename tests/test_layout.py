@@ -56,3 +56,19 @@ def test_every_room_imports_only_rooms_before_it():
 def test_no_module_is_over_about_500_lines():
     long = {os.path.relpath(p, ROOT): n for p in _modules() if (n := sum(1 for _ in open(p))) > 520}
     assert not long, long
+
+
+def test_pyproject_claims_hold():
+    """The Python version it claims runs every module (tomllib: 3.11), and every package-data file it declares
+    exists (it once declared a py.typed that did not)."""
+    import glob
+    import re
+    import tomllib
+
+    with open(os.path.join(os.path.dirname(ROOT), "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)
+    lowest = tuple(int(x) for x in re.match(r">=\s*(\d+)\.(\d+)", project["project"]["requires-python"]).groups())
+    uses_tomllib = any("import tomllib" in open(p, encoding="utf-8").read() for p in _modules())
+    assert not uses_tomllib or lowest >= (3, 11)
+    for pattern in project["tool"]["setuptools"]["package-data"]["modsearch"]:
+        assert glob.glob(os.path.join(ROOT, pattern)), pattern
