@@ -109,6 +109,7 @@ class LayerBank:
         self._base = None
         self._tokenizer = None
         self._checksum: str | None = None
+        self._file_hashes: dict[str, str] = {}  # sha256 of files read once, shared by the checksum and loading
         self._layers: dict[tuple[str, int, int], nn.Module] = {}
 
     # -- loading ------------------------------------------------------------------------------------------
@@ -191,7 +192,7 @@ class LayerBank:
             full = os.path.join(self.path, rel)
             if not os.path.isfile(full):
                 raise UserError(f"bank {self.path}: {what} file {rel} is missing")
-            if sha256_file(full) != expected:
+            if self._live_sha256(rel, expected) != expected:
                 raise UserError(f"bank {self.path}: {what} file {rel} does not match its sha256 in the "
                                 f"manifest (corrupted or edited); run 'modsearch bank verify {self.path}'")
 
@@ -235,7 +236,11 @@ class LayerBank:
 
     def _live_sha256(self, rel: str, recorded: str) -> str:
         full = os.path.join(self.path, rel)
-        return sha256_file(full) if os.path.isfile(full) else f"missing:{recorded}"
+        if not os.path.isfile(full):
+            return f"missing:{recorded}"
+        if rel not in self._file_hashes:
+            self._file_hashes[rel] = sha256_file(full)
+        return self._file_hashes[rel]
 
     @property
     def source_prefix(self) -> str:
@@ -418,7 +423,7 @@ class LayerBank:
             if f.endswith(".safetensors"):
                 base["files"][f] = rewrite(os.path.join(base["dir"], f))
         self.manifest["provenance"]["storage_dtype"] = dtype
-        self._base, self._layers, self._checksum = None, {}, None
+        self._base, self._layers, self._checksum, self._file_hashes = None, {}, None, {}
         # Modules through the crash-safe path: new content-named files, then the manifest, then old files go.
         states = {}
         for key, e in self.modules.items():

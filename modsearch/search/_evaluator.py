@@ -19,13 +19,12 @@ __all__ = ["PlanEvaluator", "evaluate_plan"]
 
 def _local_code_hash(metric: str) -> str | None:
     """sha256 over a local metric module's files (a script, or every file of a directory); None for a name."""
-    import hashlib as _h
     import os
 
     if os.path.isfile(metric):
         return sha256_file(metric)
     if os.path.isdir(metric):
-        h = _h.sha256()
+        h = hashlib.sha256()
         for root, dirs, files in os.walk(metric):
             dirs[:] = sorted(d for d in dirs if d != "__pycache__")
             for f in sorted(files):
@@ -85,8 +84,8 @@ class PlanEvaluator:
         metric module, not just its path), the bank's source prefix and the software versions."""
         if self._quality_base is None:
             self._quality_base = {"data": self.devset.content_hash, "task": self.task.to_json(),
-                                  "metric_code": {m: _local_code_hash(m) for m in self.task.metrics
-                                                  if _local_code_hash(m)},
+                                  "metric_code": {m: h for m in self.task.metrics
+                                                  if (h := _local_code_hash(m)) is not None},
                                   "source_prefix": self.bank.source_prefix, "software": software_versions()}
         return self._base | self._quality_base | {"plan": str(plan)}
 

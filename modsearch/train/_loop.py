@@ -46,9 +46,10 @@ def evaluate_modules(bank, student: Student, dev, cfg: TrainConfig) -> dict[str,
     """Each module alone in an otherwise original model, on the dev examples: teacher-forced loss and token
     accuracy, and its own distillation loss (its weighted hidden-state and attention terms, as in training)."""
     with training_context(bank, student):
-        batches = [(i, la) for i, la, _ in _batches(bank, dev, cfg)]
+        collated = list(_batches(bank, dev, cfg))
+        batches = [(i, la) for i, la, _ in collated]
+        sizes = [n for _, _, n in collated]
         out = {"teacher": teacher_forced(bank, bank.base_model, batches, cfg.chunk_tokens)}
-        sizes = [n for _, _, n in _batches(bank, dev, cfg)]
         hidden_losses = {}
         if cfg.objective == "hidden":
             for (inputs, labels), n in zip(batches, sizes):
