@@ -22,15 +22,16 @@ from .plan._plan import AssemblyPlan
 
 
 def export_model(bank: LayerBank, plan: str | AssemblyPlan, out: str, overwrite: bool = False,
-                 info: dict | None = None, dtype=None) -> str:
+                 info: dict | None = None, dtype=None, model=None) -> str:
     """Write ``out`` atomically: a crash leaves no half-written directory. Returns ``out``.
 
-    ``info`` (study, trial, target, metrics...) is recorded in assembly.json and summarised in the card.
+    ``info`` (study, trial, target, metrics, healing...) is recorded in assembly.json and summarised in the
+    card. ``model`` is the plan's model when it was changed after assembly (healed); by default it is assembled.
     """
     plan = bank.plan(plan)
     if os.path.exists(out) and not overwrite:
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
-    model = assemble(bank, plan)
+    model = assemble(bank, plan) if model is None else model
     if dtype is not None:
         model = model.to(dtype)
     spec = {
@@ -80,7 +81,7 @@ def model_card(bank: LayerBank, plan: AssemblyPlan, spec: dict, generate_note: s
     prefix = (f"\nInputs were prefixed with `{spec['source_prefix']}` during training; add it to your inputs.\n"
               if spec.get("source_prefix") else "")
     note = f"\n## Generation note\n\n{generate_note}\n" if generate_note else ""
-    measured += _study_card_section(spec)
+    measured += _study_card_section(spec) + _healing_card_section(spec)
     return f"""---
 library_name: transformers
 tags: [modsearch, modular-transformers, compressed]
@@ -137,6 +138,24 @@ def _study_card_section(spec: dict) -> str:
     return "\n## Where it comes from\n\n" + "\n".join(lines) + "\n"
 
 
+def _healing_card_section(spec: dict) -> str:
+    """What healing did to the assembled model, when it was healed (:mod:`modsearch.heal`)."""
+    h = spec.get("healing")
+    if not h:
+        return ""
+    c, d = h["config"], h["dev"]
+    budget = " and ".join(x for x in (f"{c['steps']} steps" if c.get("steps") else "",
+                                      f"{c['minutes']:g} minutes" if c.get("minutes") else "") if x)
+    kept = ("the unhealed weights (no healing step beat them on dev)" if h["best_step"] == 0 else
+            f"the weights of step {h['best_step']}, the best on dev")
+    return (f"\n## Healing\n\nAfter assembly, the whole model was distilled from the bank's teacher for "
+            f"{h['steps']} steps ({h['seconds']:.0f} s; budget {budget}) on `{h['data']['name']}` (sha256 "
+            f"`{h['data']['sha256'][:16]}`, {h['data']['rows']:,} rows), training `{c['trainable']}` parameters at "
+            f"peak learning rate {c['lr']:g}, with task cross-entropy, logit KL and hidden-state losses at every "
+            f"block boundary. Kept: {kept}.\n\n| dev {d['metric']} ({d['examples']} examples) | value |\n|---|---|\n"
+            f"| before healing | {d['before']:.4f} |\n| after healing | {d['after']:.4f} |\n")
+
+
 # -- a study's point -------------------------------------------------------------------------------------------
 def _redact(url: str) -> str:
     """A storage URL without its password (the export's files may be shared)."""
@@ -156,6 +175,18 @@ def export_study_point(source: str, out: str, *, trial: int | None = None, pick:
     (same checksum). ``assembly.json`` records the plan, the bank checksum, the study, the trial, the target and
     every metric measured for it. Returns ``(out, the trial's metrics)``.
     """
+    if os.path.exists(out) and not overwrite:  # before any slow work
+        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+    bank, chosen, info = study_point(source, trial=trial, pick=pick, plan=plan, storage=storage,
+                                     study_name=study_name)
+    export_model(bank, chosen, out, overwrite=overwrite, info=info)
+    return out, info
+
+
+def study_point(source: str, *, trial: int | None = None, pick: str | None = None, plan: str | None = None,
+                storage: str | None = None, study_name: str | None = None) -> tuple[LayerBank, str, dict]:
+    """Resolve a study's point (see :func:`export_study_point`): ``(bank, plan, info)``, where ``info`` is what
+    the export records about the study, the trial and its measured figures."""
     from .results._study import open_results
 
     if sum(x is not None for x in (trial, pick, plan)) != 1:
@@ -172,8 +203,6 @@ def export_study_point(source: str, out: str, *, trial: int | None = None, pick:
         cfg = StudyConfig.load(source).override(storage=storage, study_name=study_name)
         res = open_results(source, storage=storage, study_name=study_name)
         bank_path = cfg.bank
-    if os.path.exists(out) and not overwrite:  # before any slow work
-        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
     if trial is not None:
         rec = res.trial(trial)
     elif pick is not None:
@@ -199,5 +228,4 @@ def export_study_point(source: str, out: str, *, trial: int | None = None, pick:
         "metrics": dict(rec.metrics) if rec is not None else {},
         "teacher": dict(res.teacher),
     }
-    export_model(bank, chosen, out, overwrite=overwrite, info=info)
-    return out, info
+    return bank, chosen, info

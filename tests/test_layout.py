@@ -10,7 +10,7 @@ ROOT = os.path.dirname(modsearch.__file__)
 # The data path, in order. A room may import itself and any room before it; the shared infrastructure
 # (_errors, _io, _version, _checks) comes before everything.
 ORDER = ["_errors", "_io", "_version", "_checks", "data", "plan", "bank", "assembly", "quality", "train", "cost",
-         "search", "results", "report", "export", "recipes", "cli", "__main__", "__init__"]
+         "search", "results", "report", "export", "heal", "recipes", "cli", "__main__", "__init__"]
 
 
 def _room(path: str) -> str:

@@ -25,9 +25,6 @@ from modsearch.search import run_search
 from modsearch.search import StudyConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCES = ["the a of and to in is that", "for it", "with as was on be by this are at from", "or an",
-           "which his her the of", "a"]
-TARGETS = ["le la les de", "et un une des en", "du", "est que pour dans qui par", "sur au", "avec il elle ne"]
 STUDY = """
 bank = "bank"
 target = "cpu-1t-b1"
@@ -55,18 +52,7 @@ n_trials = {n}
 def study(tmp_path_factory):
     """A searched tiny study (quality, FLOPs, params) and a second one on the same bank (quality, params)."""
     root = tmp_path_factory.mktemp("report")
-    model = tiny.tiny_model("m2m_100", enc=4, dec=4)
-    tok = tiny.tiny_tokenizer(str(root / "model"))
-    # The tokenizer's words only (a random model otherwise emits ids the tokenizer cannot spell: empty text,
-    # chrF 0 everywhere), and no special token as output: then plans differ in chrF.
-    model.resize_token_embeddings(len(tok))
-    model.generation_config.suppress_tokens = [0, 2, 3]
-    model.generation_config.begin_suppress_tokens = [1]
-    model.save_pretrained(str(root / "model"))
-    LayerBank.init(str(root / "model"), str(root / "bank"), granularities=[2])
-    with open(root / "dev.jsonl", "w") as f:
-        for s, t in zip(SOURCES, TARGETS):
-            f.write(json.dumps({"en": s, "fr": t}) + "\n")
+    tiny.translation_bank(root)
     (root / "tiny.toml").write_text(STUDY.format(objectives='["quality", "flops", "params"]', n=10))
     (root / "small.toml").write_text(STUDY.format(objectives='["quality", "params"]', n=6))
     for name in ("tiny", "small"):  # the second shares the evaluation cache: nearly free

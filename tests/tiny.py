@@ -112,3 +112,32 @@ ALL_FAMILIES = ALL_SEQ2SEQ + ALL_CAUSAL
 
 def exists(path: str) -> bool:
     return os.path.exists(path)
+
+
+# A tiny translation task whose plans differ in chrF (the report, export and heal tests search it).
+SOURCES = ["the a of and to in is that", "for it", "with as was on be by this are at from", "or an",
+           "which his her the of", "a"]
+TARGETS = ["le la les de", "et un une des en", "du", "est que pour dans qui par", "sur au", "avec il elle ne"]
+
+
+def translation_bank(root, repeats: dict | None = None) -> None:
+    """In ``root``: a 4+4 M2M100 model, its bank with 2-layer modules (``bank/``), and ``dev.jsonl`` (plus any
+    ``{file: copies}`` of the six pairs in ``repeats``)."""
+    import json
+
+    from modsearch import LayerBank
+
+    model = tiny_model("m2m_100", enc=4, dec=4)
+    tok = tiny_tokenizer(str(root / "model"))
+    # The tokenizer's words only (a random model otherwise emits ids the tokenizer cannot spell: empty text,
+    # chrF 0 everywhere), and no special token as output: then plans differ in chrF.
+    model.resize_token_embeddings(len(tok))
+    model.generation_config.suppress_tokens = [0, 2, 3]
+    model.generation_config.begin_suppress_tokens = [1]
+    model.save_pretrained(str(root / "model"))
+    LayerBank.init(str(root / "model"), str(root / "bank"), granularities=[2])
+    for name, n in ({"dev.jsonl": 1} | (repeats or {})).items():
+        with open(root / name, "w") as f:
+            for _ in range(n):
+                for s, t in zip(SOURCES, TARGETS):
+                    f.write(json.dumps({"en": s, "fr": t}) + "\n")

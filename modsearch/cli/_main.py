@@ -11,6 +11,7 @@ import os
 import sys
 import textwrap
 
+from ._heal import add_heal_parser
 from ._cost import add_profile_parser
 from ._report import add_report_parser
 from ._search import add_search_parser
@@ -367,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     s.set_defaults(func=cmd_export)
 
+    add_heal_parser(sub, fmt, _examples)
     add_profile_parser(sub, fmt, _examples)
     add_search_parser(sub, fmt, _examples)
     add_report_parser(sub, fmt, _examples)

@@ -91,12 +91,7 @@ def _trainable(bank) -> list[tuple[str, nn.Parameter]]:
 def _save_checkpoint(bank, params, opt, state: TrainState, cfg: TrainConfig, mode: str, data_hash: str) -> None:
     from safetensors.torch import save_file
 
-    names = {id(p): n for n, p in params}
-    moments = {}
-    for p, st in opt.state.items():
-        for k, v in st.items():
-            t = v if torch.is_tensor(v) else torch.tensor(v)
-            moments[f"{names[id(p)]}::{k}"] = t.detach().to("cpu").clone().contiguous()
+    moments = optimizer_moments(opt, params)
     with atomic_dir(os.path.join(bank.path, CKPT_DIR), overwrite=True) as tmp:
         save_file({n: p.detach().to("cpu").clone().contiguous() for n, p in params},
                   os.path.join(tmp, "modules.safetensors"))
@@ -107,8 +102,6 @@ def _save_checkpoint(bank, params, opt, state: TrainState, cfg: TrainConfig, mod
 
 
 def _load_checkpoint(bank, params, opt, cfg: TrainConfig, mode: str, data_hash: str) -> TrainState:
-    from safetensors.torch import load_file
-
     path = os.path.join(bank.path, CKPT_DIR)
     with open(os.path.join(path, "state.json")) as f:
         saved = json.load(f)
@@ -125,8 +118,24 @@ def _load_checkpoint(bank, params, opt, cfg: TrainConfig, mode: str, data_hash: 
         what = ", ".join(f"{k} {saved['config'].get(k)!r} -> {getattr(cfg, k)!r}" for k in changed)
         raise UserError(f"--resume: the options differ from the checkpoint's ({what}); rerun with the same options "
                         f"or delete {path} to start over")
+    restore(path, "modules.safetensors", params, opt)
+    return TrainState(**saved["state"])
+
+
+def optimizer_moments(opt, params) -> dict[str, torch.Tensor]:
+    """The optimiser's per-parameter state as named CPU tensors (``NAME::KEY``), for a safetensors checkpoint."""
+    names = {id(p): n for n, p in params}
+    return {f"{names[id(p)]}::{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().to("cpu").clone()
+            .contiguous() for p, st in opt.state.items() for k, v in st.items()}
+
+
+def restore(path: str, weights_file: str, params, opt) -> None:
+    """Load named ``params`` from ``path/weights_file`` and the optimiser's moments from
+    ``path/optimizer.safetensors`` (when there are any): a resumed run continues exactly."""
+    from safetensors.torch import load_file
+
     device = params[0][1].device if params else "cpu"
-    weights = load_file(os.path.join(path, "modules.safetensors"))
+    weights = load_file(os.path.join(path, weights_file))
     with torch.no_grad():
         for n, p in params:
             p.copy_(weights[n].to(device))
@@ -140,7 +149,6 @@ def _load_checkpoint(bank, params, opt, cfg: TrainConfig, mode: str, data_hash: 
             if entry:
                 sd["state"][i] = entry
         opt.load_state_dict(sd)
-    return TrainState(**saved["state"])
 
 
 def _data_record(path: str | None, digest: str, rows: int) -> dict:

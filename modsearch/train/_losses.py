@@ -78,10 +78,19 @@ def distillation_step(bank, student, plan, inputs, labels, cfg, backward: bool =
     Returns ``(parts, per_module)``: the loss and its terms as floats, and each module's own distillation loss
     (its weighted hidden-state and attention terms). With ``backward``, gradients reach the modules.
     """
+    slots = student.set_plan(plan)
+    return plan_distillation(bank, student.shell, slots, plan, inputs, labels, cfg, backward)
+
+
+def plan_distillation(bank, model, slots, plan, inputs, labels, cfg, backward: bool = False,
+                      every_block: bool = False):
+    """The distillation loss of ``model`` (whose stacks hold ``slots``, the kept blocks of ``plan`` in order)
+    against the bank's teacher: task CE, logit KL, and the hidden-state and attention terms at the end of each
+    module, or of every kept block with ``every_block`` (healing a whole assembly). Returns
+    ``(parts, per_block)``."""
     teacher, ad = bank.base_model, bank.adapter
     masks = stack_masks(bank, inputs, labels)
     t_layers = {s: list(ad.layers(teacher, s)) for s in bank.stack_names}
-    slots = student.set_plan(plan)
     want_attn = cfg.w_attn != 0
     with torch.no_grad(), contextlib.ExitStack() as es, _autocast(cfg):
         t_caps = {s: es.enter_context(capture(t_layers[s], [ad.self_attention(x) for x in t_layers[s]]
@@ -90,7 +99,7 @@ def distillation_step(bank, student, plan, inputs, labels, cfg, backward: bool =
     with contextlib.ExitStack() as es, _autocast(cfg):
         s_caps = {s: es.enter_context(capture(slots[s], [ad.self_attention(x) for x in slots[s]]
                                               if want_attn else None)) for s in bank.stack_names}
-        s_x = head_input(student.shell, inputs)
+        s_x = head_input(model, inputs)
 
     hidden_terms, attn_terms, per_module = [], [], {}
     for name, blocks in zip(bank.stack_names, plan.stacks):
@@ -99,7 +108,7 @@ def distillation_step(bank, student, plan, inputs, labels, cfg, backward: bool =
         m = masks[name]
         kept = [b for b in blocks if b.kind != DROP]
         for slot, b in enumerate(kept):
-            if b.kind != MODULE:
+            if b.kind != MODULE and not every_block:
                 continue
             rel = relative_mse(s_hidden[slot][m], t_hidden[b.end][m])
             hidden_terms.append(rel)
@@ -111,7 +120,7 @@ def distillation_step(bank, student, plan, inputs, labels, cfg, backward: bool =
     zero = s_x.new_zeros((), dtype=torch.float32)
     hidden = torch.stack(hidden_terms).sum() if hidden_terms else zero
     attn = torch.stack(attn_terms).sum() if attn_terms else zero
-    task, kl, (s_sel, s_grad) = head_losses(teacher, student.shell, t_x, s_x, labels, cfg.w_task, cfg.w_logits,
+    task, kl, (s_sel, s_grad) = head_losses(teacher, model, t_x, s_x, labels, cfg.w_task, cfg.w_logits,
                                             cfg.chunk_tokens, backward)
     body = cfg.w_hidden * hidden + cfg.w_attn * attn
     if backward:

@@ -70,13 +70,14 @@ class Student:
 
 
 @contextlib.contextmanager
-def training_context(bank, student: Student | None = None):
-    """Eager attention on every config reachable from the teacher, the student's shell and every module (so
-    masks and attention probabilities agree), and every module in eval mode (dropout off: distillation targets
-    are deterministic). Restores the attention implementations on exit."""
+def training_context(bank, student: Student | nn.Module | None = None):
+    """Eager attention on every config reachable from the teacher, the student (a :class:`Student`'s shell, or
+    a whole assembled model being healed) and every module (so masks and attention probabilities agree), and all
+    of them in eval mode (dropout off: distillation targets are deterministic). Restores the attention
+    implementations on exit."""
     roots = [bank.base_model] + [bank.module_layer(*k) for k in bank.modules]
     if student is not None:
-        roots.append(student.shell)
+        roots.append(student.shell if isinstance(student, Student) else student)
     configs = {}
     for root in roots:
         for m in root.modules():
