@@ -2,7 +2,7 @@
 
 The package follows the data path, one folder per noun: ``data`` → ``bank`` → ``plan`` → ``assembly`` →
 ``train`` (builds banks) → ``quality`` (on a dev set) and ``cost`` (on a hardware target) → ``search`` →
-``results`` → ``report`` / ``export``; ``cli`` is a thin layer over them. Each imports only rooms before it.
+``results`` → ``report`` / ``export`` (and ``heal``, the chosen point distilled before it ships); ``cli`` is a thin layer over them. Each imports only rooms before it.
 
 >>> from modsearch import LayerBank, assemble, export_model           # doctest: +SKIP
 >>> bank = LayerBank.load("banks/bible-en-fr")                        # doctest: +SKIP
@@ -19,7 +19,7 @@ _EXPORTS = {
     "export_model": ".export", "AssemblyPlan": ".plan", "Block": ".plan", "PlanSpace": ".plan",
     "LatencyProfile": ".cost", "predict": ".cost", "QualityResult": ".quality", "QualityTask": ".quality",
     "score_plan": ".quality", "score_quality": ".quality", "HardwareTarget": ".cost", "TrainConfig": ".train",
-    "train_bank": ".train",
+    "train_bank": ".train", "heal": ".heal", "HealConfig": ".heal",
 }
 
 
@@ -41,6 +41,7 @@ __all__ = [
     "AssemblyPlan",
     "Block",
     "DevSet",
+    "HealConfig",
     "HardwareTarget",
     "LatencyProfile",
     "LayerBank",
@@ -53,6 +54,7 @@ __all__ = [
     "assemble",
     "cost_report",
     "export_model",
+    "heal",
     "predict",
     "score_plan",
     "score_quality",
