@@ -35,9 +35,7 @@ import collections
 import datetime as _dt
 import itertools
 import json
-import math
 import random
-import statistics as _stats
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +45,7 @@ import torch
 from .._errors import UserError
 from .._io import write_json
 from .._version import __version__
-from ._measure import Clock, _runner, pinned_threads, prepare, summarize, timed_step
+from ._measure import Clock, _runner, percentile, pinned_threads, prepare, summarize, timed_step
 from ..plan._plan import DROP, LAYER, MODULE, AssemblyPlan, Block
 from ._target import HardwareTarget, fingerprint, fingerprint_mismatch
 
@@ -353,17 +351,16 @@ def fit_costs(counts: Sequence[Sequence[int]], seconds: Sequence[float]) -> dict
     varying = [s for s in range(n_stacks) if np.ptp(X[:, s]) > 0]
 
     def solve(rows) -> tuple[float, list[float]]:
-        cols = list(varying)
-        while True:
-            A = np.c_[np.ones(len(rows)), X[np.ix_(rows, cols)]] if cols else np.ones((len(rows), 1))
-            beta, *_ = np.linalg.lstsq(A, y[rows], rcond=None)
-            neg = [c for c, b in zip(cols, beta[1:]) if b < 0]
-            if not neg:
-                costs = [0.0] * n_stacks
-                for c, b in zip(cols, beta[1:]):
-                    costs[c] = float(b)
-                return float(beta[0]), costs
-            cols.remove(min(neg, key=lambda c: beta[1 + cols.index(c)]))  # clamp the most negative, refit
+        from scipy.optimize import lsq_linear
+
+        # Bounded least squares: the overhead is free, every identifiable stack's cost is >= 0.
+        A = np.c_[np.ones(len(rows)), X[np.ix_(rows, varying)]]
+        lower = np.r_[-np.inf, np.zeros(len(varying))]
+        beta = lsq_linear(A, y[rows], bounds=(lower, np.inf), method="bvls").x  # exact at the bounds
+        costs = [0.0] * n_stacks
+        for c, b in zip(varying, beta[1:]):
+            costs[c] = float(b)
+        return float(beta[0]), costs
 
     rows = list(range(len(y)))
     overhead, costs = solve(rows)
@@ -386,7 +383,7 @@ def build_profile(bank, target: str | dict | HardwareTarget, progress: bool = Tr
     plans = calibration_plans(bank, extra_plans, seed)
     samples = measure_interleaved(bank, plans, target, seed=seed, clock=clock, progress=progress,
                                   desc="profiling")
-    p50 = [_stats.median(s) for s in samples]
+    p50 = [percentile(s, 50) for s in samples]
     counts = [p.depths for p in plans]
     fit = fit_costs(counts, p50)
     calls = _calls_per_run(bank, target, seed)
@@ -426,26 +423,20 @@ def _bar(total: int | None, desc: str, enabled: bool, unit: str = "plan"):
 # -- checking ----------------------------------------------------------------------------------------------------
 def ranks(xs: Sequence[float]) -> list[float]:
     """Ranks 1..n, ties sharing their average rank."""
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    out = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
+    from scipy.stats import rankdata
+
+    return [float(r) for r in rankdata(xs)]
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation (Pearson correlation of the ranks; NaN when a side is constant)."""
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    va, vb = sum((x - ma) ** 2 for x in ra), sum((y - mb) ** 2 for y in rb)
-    return cov / math.sqrt(va * vb) if va and vb else float("nan")
+    """Spearman rank correlation (NaN when a side is constant)."""
+    import warnings
+
+    from scipy.stats import spearmanr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns on a constant side; NaN says it
+        return float(spearmanr(a, b).statistic)
 
 
 def prediction_errors(predicted: Sequence[float], measured: Sequence[float]) -> dict:
@@ -489,7 +480,7 @@ def check_profile(bank, profile: LatencyProfile, n_plans: int = 30, seed: int = 
         half = len(xs) // 2
         rows.append({"plan": str(plan), "predicted": pred, "measured": stats["p50"], "cv": stats["cv"],
                      "error": (pred - stats["p50"]) / stats["p50"],
-                     "first_half": _stats.median(xs[:half] or xs), "second_half": _stats.median(xs[half:])})
+                     "first_half": percentile(xs[:half] or xs, 50), "second_half": percentile(xs[half:], 50)})
     errs = prediction_errors([r["predicted"] for r in rows], [r["measured"] for r in rows])
     return {**errs, "plans": rows, "target": target.name, "seed": seed}
 
