@@ -86,3 +86,5 @@ def test_fingerprint_fields():
     assert fp["cpu_count"] >= 1 and fp["torch"] == torch.__version__ and fp["cpu_model"]
     assert fingerprint_mismatch(fp, dict(fp)) == []
     assert fingerprint_mismatch(fp, fp | {"cpu_model": "Other CPU"}) == [f"cpu_model: {fp['cpu_model']!r} != 'Other CPU'"]
+    # generate()'s own overhead changes with transformers: figures from another version are another machine's.
+    assert fingerprint_mismatch(fp, fp | {"transformers": "4.0.0"}) == [f"transformers: {fp['transformers']!r} != '4.0.0'"]

@@ -285,11 +285,13 @@ def _cpus() -> int:
 # -- fingerprint ---------------------------------------------------------------------------------------------
 #: Fields that must agree for two measurements to be comparable (hostname and thread count are not here: the
 #: target carries the threads, and identical machines under different names give comparable figures).
-FINGERPRINT_KEYS = ("cpu_model", "cpu_count", "machine", "torch", "gpu_name", "gpu_driver")
+# transformers too: its version changes generate()'s own overhead, a large share of a small model's latency.
+FINGERPRINT_KEYS = ("cpu_model", "cpu_count", "machine", "torch", "transformers", "gpu_name", "gpu_driver")
 
 
 def fingerprint(device: str = "cpu") -> dict:
-    """What the measurement ran on: CPU model and count, torch version and threads, GPU name and driver.
+    """What the measurement ran on: CPU model and count, torch and transformers versions, threads, GPU name and
+    driver.
 
     Figures from different fingerprints are never mixed silently (see :func:`fingerprint_mismatch`).
     """

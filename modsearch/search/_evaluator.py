@@ -68,7 +68,7 @@ class PlanEvaluator:
         fp = fingerprint(self.target.device if self.target else "cpu")
         self.fingerprint = fp
         # What must agree for a cached cost to stand: shapes (FLOPs) need the software; latency needs the machine.
-        self._cost_machine = {k: fp.get(k) for k in FINGERPRINT_KEYS} | {"transformers": fp.get("transformers")}
+        self._cost_machine = {k: fp.get(k) for k in FINGERPRINT_KEYS}
         self.fingerprint_id = hashlib.sha256(json.dumps(self._cost_machine, sort_keys=True).encode()).hexdigest()[:16]
         self._base = {"bank": bank.checksum}
         self._quality_base = None
