@@ -233,3 +233,27 @@ def test_an_existing_output_needs_overwrite(study, tmp_path, capsys):
     (out / "keep").write_text("mine")
     assert main(_heal_argv(study, out)) == 2
     assert "--overwrite" in capsys.readouterr().err and (out / "keep").read_text() == "mine"
+
+
+def test_a_decoder_only_bank_heals_against_perplexity(banks, tmp_path):
+    """The bank form on a causal LM: text data, a lower-is-better metric, the export reloaded by plain
+    transformers scores what healing recorded."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from modsearch.quality._score import score_quality
+
+    bank = banks["gpt2"]
+    with open(tmp_path / "text.jsonl", "w") as f:
+        for s in tiny.SOURCES * 4:
+            f.write(json.dumps({"text": s}) + "\n")
+    out = tmp_path / "healed"
+    assert main(["heal", bank.path, "--plan", "0-1,2,3-4,5", "--data", str(tmp_path / "text.jsonl"), "--dev",
+                 str(tmp_path / "text.jsonl"), "--task", "lm", "--metric", "perplexity", "--limit", "6",
+                 "--steps", "2", "--eval-every", "1", "--batch-tokens", "64", "--out", str(out)]) == 0
+    h = json.loads((out / "assembly.json").read_text())["healing"]
+    assert h["dev"]["metric"] == "perplexity" and [r["step"] for r in h["history"]] == [0, 1, 2]
+    task = QualityTask(**h["dev"]["task"])
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    got = score_quality(model, AutoTokenizer.from_pretrained(str(out)), task.load_devset(str(tmp_path / "text.jsonl"),
+                                                                                       limit=6), task).value
+    assert got == pytest.approx(h["dev"]["after"], rel=1e-6)
