@@ -135,6 +135,14 @@ def _study_card_section(spec: dict) -> str:
                      f"({(m['quality'] - t['quality']) / abs(t['quality']):+.1%})")
     if isinstance(m.get("speedup"), (int, float)):
         lines.append(f"- **Speed-up** over the teacher: {m['speedup']:.2f}x (basis: {spec.get('speedup_basis') or '?'})")
+    v = spec.get("verified")
+    if v:
+        mach = v.get("machine") or {}
+        lines.append(f"- **Verified speed-up**: {v['speedup']:.2f}x ({v['confidence']:.0%} interval "
+                     f"{v['low']:.2f}–{v['high']:.2f}), the teacher and the study's frontier re-measured together in "
+                     f"{v['rounds']} interleaved shuffled rounds on `{v['target']}` ({mach.get('cpu_model')} × "
+                     f"{mach.get('cpu_count')}, torch {mach.get('torch')}), {v['created']}"
+                     + ("" if v["on_front"] else "; **verification knocked this point off the front**"))
     return "\n## Where it comes from\n\n" + "\n".join(lines) + "\n"
 
 
@@ -228,4 +236,13 @@ def study_point(source: str, *, trial: int | None = None, pick: str | None = Non
         "metrics": dict(rec.metrics) if rec is not None else {},
         "teacher": dict(res.teacher),
     }
+    v = res.verified(chosen)
+    if v is not None:
+        rec_v = res.verification
+        info["verified"] = {"speedup": v["speedup"], "low": v["low"], "high": v["high"],
+                            "latency_ms": v["latency_ms"], "on_front": v["on_front"],
+                            "teacher_ms": rec_v["teacher_ms"], "rounds": rec_v["rounds"],
+                            "confidence": rec_v["confidence"], "created": rec_v["created"],
+                            "target": rec_v["target"], "machine": {k: rec_v["fingerprint"].get(k) for k in
+                                                                   ("cpu_model", "cpu_count", "torch", "transformers")}}
     return bank, chosen, info

@@ -186,7 +186,8 @@ def test_search_end_to_end_continues_and_never_evaluates_a_plan_twice(tiny_setup
     assert study.metric_names == ["quality", "params"]
     assert trials[0].user_attrs["strategy"] == "teacher" and trials[0].user_attrs["plan"] == "0,1,2,3/0,1,2,3"
     strategies = [t.user_attrs["strategy"] for t in trials]
-    assert strategies[:5] == ["teacher", "uniform", "speed-first", "speed-first", "speed-first"]
+    # The baselines take at most a quarter of the budget (2 of 8 trials): the teacher, then round-robin.
+    assert strategies[:2] == ["teacher", "uniform"] and set(strategies[2:]) == {"sampler"}
     for t in trials:
         a = t.user_attrs
         for key in ("plan", "quality", "token_accuracy", "params", "params_ratio", "flops", "flops_ratio",

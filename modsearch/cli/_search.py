@@ -48,7 +48,44 @@ def add_search_parser(sub, fmt, examples) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bar or log lines; the frontier only")
     s.set_defaults(func=cmd_search)
 
+    v = sub.add_parser("verify", help="measure the frontier again against the teacher, interleaved, and store it",
+                       formatter_class=fmt, description=textwrap.fill(
+                           "Measure the teacher and every frontier point of a finished study again, together, in "
+                           "interleaved shuffled rounds on the study's target, and store each point's speed-up over "
+                           "the teacher with its 95 % interval on the study. The frontier table, the report and "
+                           "`modsearch export` show the verified figures; a point whose verified latency is dominated "
+                           "is flagged OFF THE FRONT. `search` runs this at its end unless [verify] after_search = "
+                           "false; run it alone after a study run by workers, or on a quieter machine. By default "
+                           "rounds run until every interval is within the target protocol's `interval` (±3 %) or "
+                           "`max_seconds` per point have passed (then it warns).", 100),
+                       epilog=examples("""
+                           modsearch verify studies/bible-en-fr.toml
+                           modsearch verify studies/bible-en-fr.toml --rounds 40
+                           modsearch verify studies/bible-en-fr.toml --storage postgresql://u:p@db/modsearch"""))
+    v.add_argument("study", help="study TOML file")
+    v.add_argument("--rounds", type=int, metavar="N", help="exactly N rounds (default: the protocol's stopping rule)")
+    v.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the file's)")
+    v.add_argument("--study-name", metavar="NAME", help="study name (default: the file's)")
+    v.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    v.set_defaults(func=cmd_verify)
 
+
+def cmd_verify(a) -> int:
+    from ..search import format_frontier, frontier_rows, verify_study
+    from ..search._config import StudyConfig
+    from ..search._storage import open_storage
+
+    cfg = StudyConfig.load(a.study).override(storage=a.storage, study_name=a.study_name)
+    storage = open_storage(cfg.storage)
+    record = verify_study(cfg, rounds=a.rounds, storage=storage, progress=not a.quiet,
+                          log=None if a.quiet else print)
+    import optuna
+
+    study = optuna.load_study(study_name=cfg.name, storage=storage)
+    print(f"frontier of {cfg.name}, verified in {record['rounds']} interleaved rounds (teacher "
+          f"{record['teacher_ms']:.1f} ms):")
+    print(format_frontier(frontier_rows(study)))
+    return 0
 def cmd_search(a) -> int:
     from ..search import format_frontier, run_search
     from ..search._config import StudyConfig

@@ -45,6 +45,7 @@ import torch
 from .._errors import UserError
 from .._io import write_json
 from .._version import __version__
+from ._paired import interleaved_rounds
 from ._measure import Clock, _runner, percentile, pinned_threads, prepare, summarize, timed_step
 from ..plan._plan import DROP, LAYER, MODULE, AssemblyPlan, Block
 from ._target import HardwareTarget, fingerprint, fingerprint_mismatch
@@ -231,26 +232,23 @@ def calibration_plans(bank, extra: int = CALIBRATION_PLANS, seed: int = 0) -> li
 
 
 # -- measuring ---------------------------------------------------------------------------------------------------
-def run_interleaved(steps: Sequence, protocol, clock: Clock = time.perf_counter, on_round=None) -> int:
-    """Run several measurements in rounds (one step of each per round) under one protocol: ``warmup`` rounds,
-    then rounds until every step has ``min_iterations`` samples and ``min_seconds`` per step have passed.
+def run_interleaved(steps: Sequence, protocol, clock: Clock = time.perf_counter, on_round=None,
+                    rng: random.Random | None = None) -> int:
+    """Run several measurements in rounds (one step of each per round, in shuffled order) under one protocol:
+    ``warmup`` rounds, then rounds until every step has ``min_iterations`` samples and ``min_seconds`` per step
+    have passed. The steps record their own samples; returns the number of timed rounds.
 
     Interleaving spreads slow drifts of the machine (other load, clock frequency, a noisy neighbour on a
-    virtual machine) evenly over the plans, so they bias no plan against another. Returns the number of timed
-    rounds.
+    virtual machine) evenly over the plans, so they bias no plan against another.
     """
-    for _ in range(protocol.warmup):
-        for s in steps:
-            s()
-    rounds, start = 0, clock()
-    while rounds < protocol.max_iterations and (
-            rounds < protocol.min_iterations or clock() - start < protocol.min_seconds * len(steps)):
-        for s in steps:
-            s()
-        rounds += 1
-        if on_round:
-            on_round(rounds)
-    return rounds
+    def keep_going(samples, elapsed) -> bool:
+        n = len(samples[0]) if samples else 0
+        return n < protocol.max_iterations and (
+            n < protocol.min_iterations or elapsed < protocol.min_seconds * len(steps))
+
+    wrapped = [lambda s=s: (s(), 0.0)[1] for s in steps]
+    samples = interleaved_rounds(wrapped, protocol.warmup, keep_going, rng=rng, clock=clock, on_round=on_round)
+    return len(samples[0]) if samples else 0
 
 
 def _memory_budget(device: str) -> int:

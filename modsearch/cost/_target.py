@@ -19,6 +19,10 @@ Targets are TOML files in ``studies/targets/NAME.toml`` or a ``[target]`` table 
     min_iterations = 10
     min_seconds = 2.0
     statistics = ["p50", "p90", "mean", "cv"]
+    # paired measurement (a plan against the teacher, interleaved; see modsearch.cost._paired):
+    interval = 0.03           # stop once the speed-up is known to +-3 % (95 % interval) ...
+    min_rounds = 5            # ... after at least 5 rounds ...
+    max_seconds = 15.0        # ... or after 15 s per plan measured, whichever comes first (then warn)
 
 >>> t = HardwareTarget.resolve("cpu-1t-b1")          # doctest: +SKIP
 >>> t.check_available()                              # refuses cuda on a machine without CUDA
@@ -58,10 +62,18 @@ class Protocol:
     min_seconds: float = 2.0
     max_iterations: int = 10_000
     statistics: tuple[str, ...] = ("p50", "p90", "mean", "cv")
+    # Paired measurement: rounds of (plan, reference) in shuffled order until the ratio's ``confidence``
+    # interval is within ``± interval`` (relative), after ``min_rounds``; ``max_seconds`` per plan caps it.
+    interval: float = 0.03
+    confidence: float = 0.95
+    min_rounds: int = 5
+    max_seconds: float = 15.0
 
     def to_dict(self) -> dict:
         return {"warmup": self.warmup, "min_iterations": self.min_iterations, "min_seconds": self.min_seconds,
-                "max_iterations": self.max_iterations, "statistics": list(self.statistics)}
+                "max_iterations": self.max_iterations, "statistics": list(self.statistics),
+                "interval": self.interval, "confidence": self.confidence, "min_rounds": self.min_rounds,
+                "max_seconds": self.max_seconds}
 
 
 @dataclass(frozen=True)
@@ -243,7 +255,8 @@ def _protocol(d, where: str) -> Protocol:
     where = f"{where}, [protocol]"
     if not isinstance(d, dict):
         raise UserError(f"{where}: must be a table")
-    known_keys(d, {"warmup", "min_iterations", "min_seconds", "max_iterations", "statistics"}, where)
+    known_keys(d, {"warmup", "min_iterations", "min_seconds", "max_iterations", "statistics", "interval",
+                   "confidence", "min_rounds", "max_seconds"}, where)
     p = Protocol()
     warmup = d.get("warmup", p.warmup)
     need(is_int(warmup) and warmup >= 0, where, "warmup", "an integer >= 0", warmup)
@@ -257,8 +270,22 @@ def _protocol(d, where: str) -> Protocol:
     stats = d.get("statistics", list(p.statistics))
     need(isinstance(stats, list) and stats and all(s in STATISTICS for s in stats), where, "statistics",
            f"a non-empty list drawn from {', '.join(STATISTICS)}", stats)
+    interval = d.get("interval", p.interval)
+    need(_number(interval) and 0 < interval < 1, where, "interval",
+         "a relative half-width between 0 and 1 (0.03 = ±3 %)", interval)
+    conf = d.get("confidence", p.confidence)
+    need(_number(conf) and 0.5 <= conf < 1, where, "confidence", "a level in [0.5, 1), e.g. 0.95", conf)
+    mr = d.get("min_rounds", p.min_rounds)
+    need(is_int(mr) and mr >= 2, where, "min_rounds", "an integer >= 2", mr)
+    cap = d.get("max_seconds", p.max_seconds)
+    need(_number(cap) and cap > 0, where, "max_seconds", "a number of seconds > 0", cap)
     return Protocol(warmup=warmup, min_iterations=mi, min_seconds=float(ms), max_iterations=mx,
-                    statistics=tuple(stats))
+                    statistics=tuple(stats), interval=float(interval), confidence=float(conf), min_rounds=mr,
+                    max_seconds=float(cap))
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _device_ok(device: str) -> bool:
@@ -280,6 +307,60 @@ def _cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+class LoadProbe:
+    """How many of this process's CPUs other processes are keeping busy, from ``/proc/stat`` and this process's
+    own CPU time: ``(CPU time the machine spent busy - the time this process spent) / wall time`` since the
+    last reading. Reading it costs microseconds and no sleep (after a 0.2 s first reading), so a search can
+    ask before every plan.
+
+    Why it matters: a torch op split over 2 threads waits for its slower half, so when another process holds
+    one of 2 cores a 2-thread run slows down many times over (NOTES.md measured 5 s -> 30 s a plan), while a
+    1-thread run barely notices. :meth:`free_cpus` is the thread count to use.
+    """
+
+    def __init__(self, clock=None):
+        import time
+
+        self._clock = clock or time.monotonic
+        self._last = None
+
+    @staticmethod
+    def _machine_busy_seconds() -> float | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal (guest is in user)
+        return busy / os.sysconf("SC_CLK_TCK")
+
+    def _reading(self):
+        busy = self._machine_busy_seconds()
+        t = os.times()
+        return busy, t.user + t.system, self._clock()
+
+    def others(self) -> float | None:
+        """Cores used by other processes since the last call (None where /proc/stat is not readable)."""
+        import time
+
+        if self._last is None:
+            self._last = self._reading()
+            time.sleep(0.2)
+        now = self._reading()
+        (b0, m0, t0), (b1, m1, t1) = self._last, now
+        self._last = now
+        if b0 is None or b1 is None or t1 <= t0:
+            return None
+        return max(0.0, ((b1 - b0) - (m1 - m0)) / (t1 - t0))
+
+    def free_cpus(self) -> int:
+        """This process's CPUs minus those other processes kept busy (rounded), at least 1."""
+        others = self.others()
+        n = _cpus()
+        return n if others is None else max(1, n - int(others + 0.5))
 
 
 # -- fingerprint ---------------------------------------------------------------------------------------------

@@ -121,6 +121,7 @@ def frontier_figure(res: StudyResults, cost: str, max_points: int = 2000, colour
                              marker=dict(color=colour, size=9, line=dict(color="white", width=1)),
                              name=f"{prefix}frontier ({len(front)})", text=[_hover(res, t) for t in front],
                              hovertemplate="%{text}<extra></extra>"))
+    _verified_trace(fig, res, cost, front, prefix)
     if baselines:
         for strategy, (name, col, symbol, size) in _STRATEGY_STYLE.items():
             pts = [t for t in res.trials if t.strategy == strategy]
@@ -154,6 +155,32 @@ def frontier_figure(res: StudyResults, cost: str, max_points: int = 2000, colour
         template="plotly_white", height=520, hovermode="closest", legend=dict(font=dict(size=11)),
         margin=dict(l=70, r=20, t=60, b=60), font=dict(size=13))
     return fig
+
+
+def _verified_trace(fig, res: StudyResults, cost: str, front: list, prefix: str) -> None:
+    """The frontier's verified latencies (``modsearch verify``) with their intervals as horizontal error bars;
+    points that verification knocks off the front in red."""
+    import plotly.graph_objects as go
+
+    rec = res.verification or {}
+    if cost != rec.get("objective") or not rec.get("plans"):
+        return
+    pts = [(t, res.verified(t.plan)) for t in front if res.verified(t.plan)]
+    if not pts:
+        return
+    tm = rec["teacher_ms"]
+    x = [tm / v["speedup"] for _t, v in pts]
+    hi = [tm / v["low"] - xi if v["low"] > 0 else 0.0 for (_t, v), xi in zip(pts, x)]
+    lo = [xi - tm / v["high"] for (_t, v), xi in zip(pts, x)]
+    fig.add_trace(go.Scatter(
+        x=x, y=[t.get("quality") for t, _v in pts], mode="markers",
+        name=f"{prefix}verified ({rec['confidence']:.0%} interval, {rec['rounds']} rounds)",
+        marker=dict(symbol="diamond-open", size=11, line=dict(width=2),
+                    color=["#2ca02c" if v["on_front"] else "#d62728" for _t, v in pts]),
+        error_x=dict(type="data", symmetric=False, array=hi, arrayminus=lo, thickness=1.5, width=4),
+        text=[f"{t.plan}<br>verified {v['speedup']:.2f}x [{v['low']:.2f}, {v['high']:.2f}]"
+              + ("" if v["on_front"] else "<br><b>off the front when verified</b>") for t, v in pts],
+        hovertemplate="%{text}<extra></extra>"))
 
 
 def _uniform_label(plan: str) -> str:

@@ -64,6 +64,11 @@ class StudyResults:
     identity: dict
     trials: list  # TrialRecord, by trial number
     n_trials_total: int  # every trial in the storage, including failed and running ones
+    verification: dict | None = None  # `modsearch verify`'s record (modsearch.search._verify), if any
+
+    def verified(self, plan: str) -> dict | None:
+        """The verified speed-up of ``plan`` (``{"speedup", "low", "high", "on_front", ...}``), if measured."""
+        return ((self.verification or {}).get("plans") or {}).get(plan)
 
     # -- basics -------------------------------------------------------------------------------------------
     @property
@@ -265,4 +270,5 @@ def open_results(source: str | None = None, *, storage: str | None = None,
     teacher = {k: v for k, v in attrs["teacher"].items()}
     return StudyResults(name=study_name, storage=storage, source=src, objectives=list(names),
                         maximize=directions[0] == "maximize", teacher=teacher, config=attrs.get("config") or {},
-                        identity=attrs["modsearch"], trials=records, n_trials_total=len(all_trials))
+                        identity=attrs["modsearch"], trials=records, n_trials_total=len(all_trials),
+                        verification=attrs.get("verification"))

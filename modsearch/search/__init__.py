@@ -1,7 +1,7 @@
 """The multi-objective search: the study config (``_config``), the evaluation cache (``_cache``) and the plan
 evaluator (``_evaluator``), the seeded baselines (``_seeds``), the samplers (``_samplers``), the progress bar,
-trial export and frontier table (``_summary``), Pareto fronts and hypervolume (``_pareto``, the only implementation), the storage (the only place a storage URL is opened), the run itself (``_run``) and
-scale-out workers (``_worker``).
+trial export and frontier table (``_summary``), Pareto fronts and hypervolume (``_pareto``, the only implementation), the storage (the only place a storage URL is opened), the run itself (``_run``),
+scale-out workers (``_worker``) and the verified frontier (``_verify``).
 
 >>> cfg = StudyConfig.load("studies/bible-en-fr.toml")      # doctest: +SKIP
 >>> run_search(cfg).frontier                                 # doctest: +SKIP
@@ -17,9 +17,10 @@ from ._seeds import seed_plans
 from ._summary import export_trials, format_frontier, frontier_rows, trials_frame
 from ._storage import open_storage, sqlite_wal, storage_url
 from ._worker import run_local_workers, run_worker, worker_storage
+from ._verify import verification_of, verify_study
 
 __all__ = ["CACHE_VERSION", "COST_OBJECTIVES", "METRICS", "PLAN_TRIAL_FACTOR", "SEED_STRATEGIES", "Constraint", "EvaluationCache",
            "PlanEvaluator", "SearchResult", "StudyConfig", "evaluate_plan", "export_trials", "fail_dead_trials",
            "format_frontier", "frontier_rows", "hypervolume", "make_sampler", "normalised_losses", "open_storage", "pareto_front", "reference_point", "run_local_workers",
-           "run_search", "run_worker", "seed_plans", "sqlite_wal", "storage_url", "trials_frame", "worker_id",
-           "worker_storage"]
+           "run_search", "run_worker", "seed_plans", "sqlite_wal", "storage_url", "trials_frame", "verification_of",
+           "verify_study", "worker_id", "worker_storage"]

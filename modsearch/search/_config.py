@@ -43,10 +43,18 @@ The command line overrides the common settings (:meth:`StudyConfig.override`).
     [seeds]
     strategies = ["teacher", "uniform", "speed-first", "size-first", "drop-alternate", "drop-one"]
     plans = []                           # more plans to evaluate first, in plan notation
+    max_share = 0.25                     # baselines take at most this share of the budget (round-robin over
+                                         # the strategies, spread within each)
 
     [cost]
     # profile = "../profiles/cpu-1t-b1.json"   # for profile_latency_ms (built on first use when missing)
     allow_foreign_profile = false
+    scoring_threads = "auto"             # threads for quality scoring: "auto" = the cores other processes
+                                         # leave free (checked before every plan), or a number
+
+    [verify]                             # re-measure the frontier against the teacher, interleaved
+    after_search = true                  # at the end of every search run with a latency objective
+    # rounds = 20                        # fixed rounds (default: until the target's interval goal or cap)
 
 >>> cfg = StudyConfig.load("studies/bible-en-fr.toml")        # doctest: +SKIP
 >>> cfg = cfg.override(n_trials=10, sampler="tpe")           # doctest: +SKIP
@@ -69,7 +77,7 @@ __all__ = ["COST_OBJECTIVES", "METRICS", "SAMPLERS", "SEED_STRATEGIES", "Constra
 COST_OBJECTIVES = ("latency_ms", "profile_latency_ms", "flops", "params")
 #: Every metric a trial records, usable in constraints (the task's metric names are usable too).
 METRICS = ("quality", "params", "params_ratio", "flops", "flops_ratio", "latency_ms", "latency_p90_ms",
-           "latency_cv", "profile_latency_ms", "speedup")
+           "latency_ratio", "profile_latency_ms", "speedup")
 #: Sampler name -> the settings it accepts, with their types.
 SAMPLERS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "nsga2": {"population_size": int, "mutation_prob": float, "crossover_prob": float, "swapping_prob": float},
@@ -86,8 +94,9 @@ _SECTIONS = {
     "space": {"drops", "granularities"},
     "sampler": {"name"} | {k for s in SAMPLERS.values() for k in s},
     "budget": {"n_trials", "n_plans", "timeout"},
-    "seeds": {"strategies", "plans"},
-    "cost": {"profile", "allow_foreign_profile", "measure_latency"},
+    "seeds": {"strategies", "plans", "max_share"},
+    "cost": {"profile", "allow_foreign_profile", "measure_latency", "scoring_threads"},
+    "verify": {"after_search", "rounds"},
 }
 _TOP = {"name", "bank", "target", "objectives", "constraints", "seed", "storage", "output", "cache"} | set(_SECTIONS)
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(<=|>=)\s*(?:([-+0-9.eE]+)\s*(\*\s*teacher)?|(teacher))\s*$")
@@ -163,6 +172,10 @@ class StudyConfig:
     profile: str | None = None
     allow_foreign_profile: bool = False
     measure_latency: bool = False
+    seed_share: float = 0.25
+    scoring_threads: int | None = None  # None: "auto", the cores other processes leave free
+    verify_after: bool = True
+    verify_rounds: int | None = None
     source: str = ""
 
     # -- loading ------------------------------------------------------------------------------------------
@@ -302,6 +315,16 @@ class StudyConfig:
         plans = seeds.get("plans", [])
         need(isinstance(plans, list) and all(isinstance(p, str) and p for p in plans), where, "seeds.plans",
               "a list of plans in plan notation", plans)
+        share = seeds.get("max_share", 0.25)
+        need(is_num(share) and 0 < share <= 1, where, "seeds.max_share",
+              "the largest share of the budget the baselines may take, in (0, 1]", share)
+
+        verify = raw.get("verify", {})
+        after = verify.get("after_search", True)
+        need(isinstance(after, bool), where, "verify.after_search", "true or false", after)
+        rounds = verify.get("rounds")
+        if rounds is not None:
+            need(is_int(rounds) and rounds >= 2, where, "verify.rounds", "an integer >= 2", rounds)
 
         cost = raw.get("cost", {})
         profile = cost.get("profile")
@@ -315,6 +338,9 @@ class StudyConfig:
         need(isinstance(foreign, bool), where, "cost.allow_foreign_profile", "true or false", foreign)
         measure = cost.get("measure_latency", False)
         need(isinstance(measure, bool), where, "cost.measure_latency", "true or false", measure)
+        threads = cost.get("scoring_threads", "auto")
+        need(threads == "auto" or (is_int(threads) and threads >= 1), where, "cost.scoring_threads",
+              "\"auto\" or an integer >= 1", threads)
 
         cfg = cls(name=name, bank=path(bank), data_path=data_path, target=target, objectives=list(objectives),
                   constraints=constraints, data=data, task=task, drops=drops,
@@ -323,7 +349,9 @@ class StudyConfig:
                   seed=seed,
                   storage=storage, output=output, cache=cache, seed_strategies=list(strategies),
                   seed_plans=list(plans), profile=profile, allow_foreign_profile=foreign,
-                  measure_latency=measure, source=source)
+                  measure_latency=measure, seed_share=float(share),
+                  scoring_threads=None if threads == "auto" else threads, verify_after=after,
+                  verify_rounds=rounds, source=source)
         return cfg
 
     # -- command-line overrides ---------------------------------------------------------------------------
@@ -389,10 +417,20 @@ class StudyConfig:
     def load_devset(self):
         return self.quality_task().load_devset(self.data_path, limit=self.data.get("limit"))
 
+    def seed_cap(self) -> int | None:
+        """How many baseline plans may be enqueued: ``max_share`` of the count budget (distinct plans, else
+        trials), at least one (the teacher); None when the budget is a timeout alone."""
+        budget = self.n_plans if self.n_plans is not None else self.n_trials
+        return None if budget is None else max(1, int(self.seed_share * budget))
+
+    def latency_objective(self) -> str | None:
+        """The objective that is a latency (measured or from a profile), if any."""
+        return next((o for o in self.objectives if o in ("latency_ms", "profile_latency_ms")), None)
+
     def needs_latency(self) -> bool:
         """Whether trials measure latency (slow): only when an objective or a constraint reads it."""
         return self.measure_latency or "latency_ms" in self.objectives or any(
-            c.metric in ("latency_ms", "latency_p90_ms", "latency_cv") for c in self.constraints)
+            c.metric in ("latency_ms", "latency_p90_ms", "latency_ratio") for c in self.constraints)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

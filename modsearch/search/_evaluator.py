@@ -34,11 +34,19 @@ def _local_code_hash(metric: str) -> str | None:
     return None
 
 
+def machine_id(fp: dict) -> str:
+    """A short id of the fingerprint fields that must agree for latencies to be comparable."""
+    from ..cost._target import FINGERPRINT_KEYS
+
+    return hashlib.sha256(json.dumps({k: fp.get(k) for k in FINGERPRINT_KEYS}, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class PlanEvaluator:
     """Evaluates plans of one bank on one dev set, task and target, with a cache and encoder reuse.
 
-    ``measure_latency`` runs the target's latency protocol for each new plan (slow, and it needs a quiet
-    machine); FLOPs and parameters are always computed. ``profile`` (a :class:`~modsearch.profile.LatencyProfile`)
+    ``scoring_threads`` pins the threads quality scoring uses (``"auto"``: the cores other processes leave free,
+    checked before each plan; see :class:`~modsearch.cost._target.LoadProbe`). ``measure_latency`` times each new plan against the teacher in interleaved rounds (paired: the ratio is
+    robust to the machine's drift; see :meth:`_paired_latency`); FLOPs and parameters are always computed. ``profile`` (a :class:`~modsearch.profile.LatencyProfile`)
     adds a predicted latency. ``counts`` says how much real work was done: ``quality`` and ``cost`` evaluations,
     ``cached`` results served from the cache, and ``encoder_reused`` scorings that skipped the encoder.
 
@@ -48,7 +56,8 @@ class PlanEvaluator:
     """
 
     def __init__(self, bank, devset, task, target=None, *, measure_latency: bool = False, profile=None,
-                 cache: EvaluationCache | None = None, encoder_reuse: bool = True, encoder_cache_size: int = 8):
+                 cache: EvaluationCache | None = None, encoder_reuse: bool = True, encoder_cache_size: int = 8,
+                 scoring_threads: int | str | None = None):
         from ..cost._target import FINGERPRINT_KEYS, HardwareTarget, fingerprint
 
         self.bank, self.devset, self.task = bank, devset, task
@@ -65,11 +74,14 @@ class PlanEvaluator:
         self._encoder_cache_size = encoder_cache_size
         self.counts = collections.Counter()
         self._layer_flops = None
+        self._reference = None
+        self.scoring_threads = scoring_threads
+        self._probe = None
         fp = fingerprint(self.target.device if self.target else "cpu")
         self.fingerprint = fp
         # What must agree for a cached cost to stand: shapes (FLOPs) need the software; latency needs the machine.
         self._cost_machine = {k: fp.get(k) for k in FINGERPRINT_KEYS}
-        self.fingerprint_id = hashlib.sha256(json.dumps(self._cost_machine, sort_keys=True).encode()).hexdigest()[:16]
+        self.fingerprint_id = machine_id(fp)
         self._base = {"bank": bank.checksum}
         self._quality_base = None
 
@@ -150,6 +162,8 @@ class PlanEvaluator:
                "params": described["params"], "params_ratio": described["params_ratio"]}
         if cost is not None:
             out.update({k: v for k, v in cost.items() if k != "timings"})
+            if "latency_ratio" in cost:
+                out.update(self.latency_ms(cost))
         if self.profile is not None:
             from ..cost._profile import _predict
 
@@ -172,7 +186,28 @@ class PlanEvaluator:
 
         return assemble(self.bank, plan)
 
+    def _threads(self) -> int | None:
+        """Threads for scoring: a number, None (torch's setting), or "auto" (the cores others leave free)."""
+        if self.scoring_threads != "auto":
+            return self.scoring_threads
+        if self._probe is None:
+            from ..cost._target import LoadProbe
+
+            self._probe = LoadProbe()
+        return self._probe.free_cpus()
+
     def _score(self, plan: AssemblyPlan, model) -> dict:
+        import contextlib
+
+        from ..cost._measure import pinned_threads
+
+        threads = self._threads()
+        if threads is not None:
+            self.counts[f"scored_with_{threads}_threads"] += 1
+        with pinned_threads(threads) if threads is not None else contextlib.nullcontext():
+            return self._score_now(plan, model)
+
+    def _score_now(self, plan: AssemblyPlan, model) -> dict:
         from ..quality import _score as score
 
         encoder_cache = None
@@ -216,23 +251,67 @@ class PlanEvaluator:
                                  flops=not self._layer_flops, memory=False)
             if "flops" in report:
                 out["flops"] = report["flops"]["total"]
-        lat = report.get("latency")
-        if lat:
-            out["latency_ms"] = lat["p50"] * 1000
-            if "p90" in lat:
-                out["latency_p90_ms"] = lat["p90"] * 1000
-            if "cv" in lat:
-                out["latency_cv"] = lat["cv"]
-            out["latency_n"] = lat["n"]
+        if latency:
+            out.update(self._paired_latency(plan, model))
         out["timings"] = {"cost_s": time.perf_counter() - t}
         return out
+
+    # -- paired latency -----------------------------------------------------------------------------------
+    def reference_latency(self) -> dict:
+        """The teacher on the target, measured once per evaluator under the target's protocol (the longer,
+        calibrated run): ``{"p50", "p90", "n"}`` in seconds. Every plan's latency is its paired ratio to the
+        teacher times this p50."""
+        if self._reference is None:
+            from ..assembly import assemble
+            from ..cost._measure import _runner, pinned_threads, prepare, run_protocol, summarize, timed_step
+
+            model, inputs = prepare(assemble(self.bank, self.bank.teacher_plan()), self.target)
+            step = timed_step(_runner(model, inputs, self.target), self.target.device)
+            with pinned_threads(self.target.n_threads):
+                stats = summarize(run_protocol(step, self.target.protocol))
+            self._reference = {"p50": stats["p50"], "p90": stats["p90"], "n": stats["n"], "step": step}
+        return self._reference
+
+    def _paired_latency(self, plan: AssemblyPlan, model) -> dict:
+        """The plan timed against the teacher in interleaved shuffled rounds (see :mod:`modsearch.cost._paired`):
+        the ratio plan/teacher with its interval, and the plan's own p90 over those rounds."""
+        import random
+        import zlib
+
+        from ..cost._measure import _runner, percentile, pinned_threads, prepare, timed_step
+        from ..cost._paired import measure_paired
+
+        if str(plan) == str(self.bank.teacher_plan()):
+            return {"latency_ratio": 1.0, "latency_ratio_low": 1.0, "latency_ratio_high": 1.0, "latency_rounds": 0,
+                    "latency_interval_met": True}
+        ref = self.reference_latency()
+        model, inputs = prepare(model, self.target)
+        step = timed_step(_runner(model, inputs, self.target), self.target.device)
+        with pinned_threads(self.target.n_threads):
+            res = measure_paired([ref["step"], step], self.target.protocol,
+                                 rng=random.Random(zlib.crc32(str(plan).encode())))
+        r = res["ratios"][1]
+        if not res["interval_met"]:
+            self.counts["latency_interval_missed"] += 1
+        return {"latency_ratio": r["ratio"], "latency_ratio_low": r["low"], "latency_ratio_high": r["high"],
+                "latency_rounds": r["rounds"], "latency_interval_met": res["interval_met"],
+                "latency_p90_ms": percentile(res["samples"][1], 90) * 1000}
+
+    def latency_ms(self, cost: dict) -> dict:
+        """``latency_ms`` (and its interval) of a cost record: its ratio to the teacher times the teacher's p50
+        measured by this evaluator, so plans measured in other runs stay on today's scale."""
+        p50 = self.reference_latency()["p50"] * 1000
+        return {"latency_ms": cost["latency_ratio"] * p50, "latency_low_ms": cost["latency_ratio_low"] * p50,
+                "latency_high_ms": cost["latency_ratio_high"] * p50}
 
 
 def evaluate_plan(bank, plan, devset, task, target=None, *, measure_latency: bool = False, profile=None,
                   cache: EvaluationCache | None = None) -> dict:
     """Quality and cost of one plan: ``quality`` (the task's primary score), ``scores`` (every metric),
     ``params``, ``params_ratio``, ``flops`` (one end-to-end generate on the target's shapes), with
-    ``measure_latency`` also ``latency_ms`` (p50), ``latency_p90_ms``, ``latency_cv``, and with a profile
+    ``measure_latency`` also ``latency_ratio`` (to the teacher, paired, with ``latency_ratio_low/high``),
+    ``latency_ms`` (that ratio times the teacher's p50, with ``latency_low_ms/high_ms``), ``latency_p90_ms``,
+    and with a profile
     ``profile_latency_ms``; plus ``timings``, ``cached`` and the machine ``fingerprint`` id.
 
     A pure function of (bank, plan, data, task, target) apart from measured latency, which also depends on the

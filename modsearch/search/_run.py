@@ -35,7 +35,7 @@ from ..plan._genome import PlanGenome
 from ._cache import EvaluationCache, worker_id
 from ._evaluator import PlanEvaluator
 from ._samplers import make_sampler
-from ._seeds import seed_plans
+from ._seeds import limit_seeds, seed_plans
 from ._storage import open_storage, quiet_warnings
 from ._summary import ProgressBar, export_trials, frontier_rows, study_hypervolume
 
@@ -63,12 +63,18 @@ class SearchResult:
 
 def _metrics(rec: dict, teacher: dict | None) -> dict:
     """The flat metrics of an evaluation record, with ratios and speedup against the teacher."""
-    m = {k: rec[k] for k in ("quality", "params", "params_ratio", "flops", "latency_ms", "latency_p90_ms",
-                             "latency_cv", "profile_latency_ms") if rec.get(k) is not None}
+    m = {k: rec[k] for k in ("quality", "params", "params_ratio", "flops", "latency_ms", "latency_low_ms",
+                             "latency_high_ms", "latency_p90_ms", "latency_ratio", "latency_rounds",
+                             "latency_interval_met", "profile_latency_ms") if rec.get(k) is not None}
     m.update({k: v for k, v in rec["scores"].items() if k not in m})
     if teacher:
         if teacher.get("flops"):
             m["flops_ratio"] = m.get("flops", float("nan")) / teacher["flops"]
+        if rec.get("latency_ratio"):
+            # Paired against the teacher: the speed-up is the measured ratio itself, with its interval.
+            m.update({"speedup": 1 / rec["latency_ratio"], "speedup_low": 1 / rec["latency_ratio_high"],
+                      "speedup_high": 1 / rec["latency_ratio_low"], "speedup_basis": "latency_ms (paired)"})
+            return m
         for lat in ("latency_ms", "profile_latency_ms", "flops"):
             if m.get(lat) and teacher.get(lat):
                 m["speedup"] = teacher[lat] / m[lat]
@@ -123,7 +129,7 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
     genome = PlanGenome(space, bank.stack_names)
     cache = EvaluationCache(cfg.cache) if cfg.cache else None
     evaluator = PlanEvaluator(bank, devset, task, target, measure_latency=cfg.needs_latency(), profile=profile,
-                              cache=cache)
+                              cache=cache, scoring_threads=cfg.scoring_threads or "auto")
 
     say(f"study {cfg.name}: bank {bank.path} ({space.count():,} plans, {len(genome)} genes), "
         f"{len(devset)} dev examples, target {target.name}, objectives {', '.join(cfg.objectives)}")
@@ -172,6 +178,8 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
             if not space.contains(plan):
                 raise UserError(f"seeds.plans: {text!r} is outside the study's space (drops or spans excluded)")
             seeds.append((plan, "user"))
+        every_seed = len(seeds)
+        seeds = limit_seeds(seeds, cfg.seed_cap())
         n_seeded = 0
         for plan, strategy in seeds:
             if str(plan) in known:
@@ -189,7 +197,9 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
             cap = max(0, PLAN_TRIAL_FACTOR * cfg.n_plans - finished) if plans_left else 0
             remaining = cap if remaining is None else min(remaining, cap)
         if n_seeded:
-            say(f"enqueued {n_seeded} baseline plan(s) ({', '.join(sorted({s for _, s in seeds}))})")
+            capped = (f"; {every_seed - len(seeds)} more left out: the baselines take at most "
+                      f"{cfg.seed_share:.0%} of the budget" if len(seeds) < every_seed else "")
+            say(f"enqueued {n_seeded} baseline plan(s) ({', '.join(sorted({s for _, s in seeds}))}){capped}")
         if existing:
             say(f"continuing study {cfg.name}: {finished} finished trial(s) so far")
         if on_ready is not None:
@@ -225,6 +235,15 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
     finally:
         optuna.logging.set_verbosity(previous)
 
+    if (cfg.verify_after and cfg.latency_objective() and not interrupted and remaining != 0
+            and frontier_rows(study)):
+        from ._verify import verify_study
+
+        try:
+            target.check_available()
+            verify_study(cfg, rounds=cfg.verify_rounds, study=study, progress=progress, log=say)
+        except UserError as exc:  # e.g. a quality-only worker machine: the study stands, unverified
+            say(f"not verified: {exc}")
     files = export_trials(study, cfg.output)
     frontier = frontier_rows(study)
     finished_after = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name in _FINISHED)

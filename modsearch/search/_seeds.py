@@ -110,3 +110,42 @@ def seed_plans(bank, space: PlanSpace, strategies: Sequence[str]) -> list[tuple[
         else:
             raise UserError(f"unknown seed strategy {strategy!r}")
     return found
+
+
+def _spread(n: int) -> list[int]:
+    """0..n-1 in an order that covers the range early: the first, the last, then midpoints of the widest gaps."""
+    if n <= 2:
+        return list(range(n))
+    order, seen = [0, n - 1], {0, n - 1}
+    gaps = [(0, n - 1)]
+    while len(order) < n:
+        gaps.sort(key=lambda g: (-(g[1] - g[0]), g[0]))
+        lo, hi = gaps.pop(0)
+        mid = (lo + hi) // 2
+        if mid in seen:
+            continue
+        order.append(mid)
+        seen.add(mid)
+        gaps += [(lo, mid), (mid, hi)]
+    return order
+
+
+def limit_seeds(seeds: Sequence[tuple[AssemblyPlan, str]], cap: int | None) -> list[tuple[AssemblyPlan, str]]:
+    """At most ``cap`` of the baselines: the teacher first, then one plan of each strategy in turn
+    (round-robin, in the order the strategies were listed), each strategy's plans taken spread over its range
+    (its first, its last, then the middle...), so a small cap still sees every strategy's extremes. ``None``
+    keeps them all. Plans the user listed (strategy ``user``) are not baselines and are always kept."""
+    user = [s for s in seeds if s[1] == "user"]
+    base = [s for s in seeds if s[1] != "user"]
+    if cap is None or len(base) <= cap:
+        return list(base) + user
+    by: dict[str, list] = {}
+    for s in base:
+        by.setdefault(s[1], []).append(s)
+    queues = [[items[i] for i in _spread(len(items))] for items in by.values()]
+    picked: list = []
+    while len(picked) < cap and any(queues):
+        for q in queues:
+            if q and len(picked) < cap:
+                picked.append(q.pop(0))
+    return picked + user

@@ -106,13 +106,18 @@ def frontier_rows(study) -> list[dict]:
         seen.add(t.user_attrs.get("plan"))
         pool.append(t)
     rows = []
+    verified = (study.user_attrs.get("verification") or {}).get("plans", {})
     for i in pareto_front([[s * v for s, v in zip(signs, t.values)] for t in pool]):
         t = pool[i]
         row = {"trial": t.number, "plan": t.user_attrs.get("plan"), "strategy": t.user_attrs.get("strategy")}
         row.update(dict(zip(names, t.values)))
-        for k in ("params_ratio", "speedup", "speedup_basis"):
+        for k in ("params_ratio", "speedup", "speedup_low", "speedup_high", "speedup_basis"):
             if k in t.user_attrs:
                 row[k] = t.user_attrs[k]
+        v = verified.get(row["plan"])
+        if v:
+            row.update({"verified_speedup": v["speedup"], "verified_low": v["low"], "verified_high": v["high"],
+                        "verified_on_front": v["on_front"]})
         rows.append(row)
     key = names[1] if len(names) > 1 else names[0]
     return sorted(rows, key=lambda r: (r[key], r["trial"]))
@@ -130,11 +135,30 @@ def _fmt(k: str, v) -> str:
     return "" if v is None else str(v)
 
 
+_FOLDED = ("speedup_basis", "speedup_low", "speedup_high", "verified_speedup", "verified_low", "verified_high",
+           "verified_on_front")
+
+
+def _interval(v, lo, hi) -> str:
+    return f"{v:.2f}x [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else f"{v:.2f}x"
+
+
 def format_frontier(rows: list[dict]) -> str:
-    """The frontier as an aligned text table."""
+    """The frontier as an aligned text table. A paired speed-up shows its 95 % interval; a verified one
+    (``modsearch verify``) gets a column of its own, and a point that verification knocks off the front says so."""
     if not rows:
         return "(no feasible completed trial yet)"
-    cols = [c for c in rows[0] if c != "speedup_basis"]
+    rows = [dict(r) for r in rows]
+    for r in rows:
+        if r.get("speedup") is not None and "speedup_low" in r:
+            r["speedup"] = _interval(r["speedup"], r.get("speedup_low"), r.get("speedup_high"))
+        if any("verified_speedup" in x for x in rows):
+            r["verified"] = ("not verified" if "verified_speedup" not in r else
+                             _interval(r["verified_speedup"], r["verified_low"], r["verified_high"])
+                             + ("" if r["verified_on_front"] else "  OFF THE FRONT"))
+    cols = [c for c in rows[0] if c not in _FOLDED]
+    if any("verified" in r for r in rows) and "verified" not in cols:
+        cols.append("verified")
     if "speedup" in cols and rows[0].get("speedup_basis"):
         header = {c: (f"speedup ({rows[0]['speedup_basis']})" if c == "speedup" else c) for c in cols}
     else:

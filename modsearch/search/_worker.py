@@ -31,6 +31,8 @@ measured once on the target machine) instead (see the README, "Scale-out").
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import datetime
 import hashlib
@@ -137,6 +139,9 @@ def run_worker(cfg, url: str, *, heartbeat_interval: int = 10, grace_period: int
     except BaseException:
         lock.__exit__(None, None, None)
         raise
+    # Several workers would time the frontier at once and distort each other: a study run by workers is
+    # verified afterwards, once, with `modsearch verify`.
+    cfg = dataclasses.replace(cfg, verify_after=False)
     cfg = cfg.override(storage=url,
                        seed=cfg.seed + 1 + int(hashlib.sha256(worker_id().encode()).hexdigest()[:6], 16))
 

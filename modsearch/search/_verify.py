@@ -1,0 +1,166 @@
+"""A verified frontier: the teacher and every frontier plan measured again, together, in interleaved shuffled
+rounds, so that the speed-ups a user picks a deployment point by are true on this machine.
+
+During a search each plan's latency is measured when its trial runs (paired with the teacher), or predicted by
+a profile. Verification measures all frontier points in one window, each round running the teacher and every
+point once in a random order, and reports each point's speed-up over the teacher with a confidence interval
+(paired statistics, :mod:`modsearch.cost._paired`). A point whose verified latency is dominated by another
+frontier point's is flagged ``on_front = False``, not silently kept.
+
+The record is stored on the study (``study.user_attrs["verification"]``: finished Optuna trials cannot take new
+attributes), keyed by plan and naming each plan's trial; :func:`frontier_rows` and the report read it, and
+``modsearch export`` copies a point's figures into ``assembly.json`` and the model card.
+
+>>> record = verify_study(StudyConfig.load("studies/bible-en-fr.toml"))      # doctest: +SKIP
+>>> record["plans"]["0-1,2-3,4-5/0-2,3-5"]["speedup"]                        # doctest: +SKIP
+1.93
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import random
+import warnings
+from collections.abc import Callable
+
+from .._errors import UserError
+
+__all__ = ["verify_study", "verification_of"]
+
+
+def verification_of(study) -> dict | None:
+    """The study's verification record, or None."""
+    return study.user_attrs.get("verification")
+
+
+def verify_study(cfg, *, rounds: int | None = None, study=None, storage=None, progress: bool = True,
+                 log: Callable[[str], None] | None = print, seed: int = 0) -> dict:
+    """Measure the teacher and the study's frontier plans in interleaved shuffled rounds on ``cfg``'s target;
+    store and return the record (see the module docstring). ``rounds`` fixes the number of rounds; by default
+    they run until every point's interval is within the target protocol's ``interval`` or until
+    ``max_seconds`` per point have passed (then a warning says which goal was missed)."""
+    import optuna
+
+    from ..assembly import assemble
+    from ..bank._bank import LayerBank
+    from ..cost._measure import _runner, percentile, pinned_threads, prepare, timed_step
+    from ..cost._paired import measure_paired, speedup_of
+    from ..cost._target import HardwareTarget, fingerprint
+    from ._storage import open_storage
+    from ._summary import frontier_rows
+
+    say = log or (lambda _m: None)
+    objective = cfg.latency_objective()
+    if objective is None:
+        raise UserError(f"study {cfg.name}: verify re-measures latency, but the study has no latency objective "
+                        f"(its objectives: {', '.join(cfg.objectives)})")
+    if rounds is not None and rounds < 2:
+        raise UserError(f"--rounds must be >= 2 (an interval needs two rounds), not {rounds}")
+    if study is None:
+        storage = storage if storage is not None else open_storage(cfg.storage)
+        try:
+            study = optuna.load_study(study_name=cfg.name, storage=storage)
+        except KeyError:
+            raise UserError(f"no study {cfg.name!r} in {cfg.storage}: run `modsearch search {cfg.source or ''}` "
+                        "first") from None
+    rows = frontier_rows(study)
+    if not rows:
+        raise UserError(f"study {cfg.name!r} has no finished feasible trial to verify")
+    bank = LayerBank.load(cfg.bank)
+    stored = study.user_attrs.get("modsearch", {})
+    if stored.get("bank_checksum") not in (None, bank.checksum):
+        raise UserError(f"bank {cfg.bank} has changed since study {cfg.name!r} ran (checksum differs)")
+    target = HardwareTarget.resolve(stored.get("target") or cfg.target)
+    if target.input_length == "dev":
+        devset, task = cfg.load_devset(), cfg.quality_task()
+        tok = bank.tokenizer
+        prefix = task.source_prefix if task.source_prefix is not None else bank.source_prefix
+        target = target.with_input_lengths([len(i) for i in tok([prefix + s for s in devset.sources])["input_ids"]])
+    target.check_available()
+    if objective == "latency_ms":
+        _check_machine(study, rows, target)
+
+    teacher = str(bank.teacher_plan())
+    plans = [r["plan"] for r in rows if r["plan"] != teacher]
+    say(f"verifying {len(plans)} frontier plan(s) of study {cfg.name} against the teacher on {target.name}, "
+        f"interleaved in shuffled rounds" + (f" ({rounds} rounds)" if rounds else
+                                              f" (until ±{target.protocol.interval:.0%} or "
+                                              f"{target.protocol.max_seconds:g} s per plan)"))
+    steps = []
+    for p in [teacher, *plans]:
+        model, inputs = prepare(assemble(bank, bank.plan(p)), target, seed)
+        steps.append(timed_step(_runner(model, inputs, target), target.device))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="verify", unit="round", total=rounds, dynamic_ncols=True)
+    try:
+        with pinned_threads(target.n_threads):
+            res = measure_paired(steps, target.protocol, reference=0, rounds=rounds, rng=random.Random(seed),
+                                 on_round=(lambda _n: bar.update(1)) if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    teacher_ms = percentile(res["samples"][0], 50) * 1000
+    by_plan = {r["plan"]: r for r in rows}
+    record_plans = {}
+    for i, p in enumerate([teacher, *plans]):
+        s = speedup_of(res["ratios"][i])
+        row = by_plan.get(p, {})
+        record_plans[p] = {"trial": row.get("trial"), "speedup": s["speedup"], "low": s["low"], "high": s["high"],
+                           "half_width": s["half_width"], "latency_ms": teacher_ms * res["ratios"][i]["ratio"],
+                           "reported_speedup": row.get("speedup"), "on_front": True}
+    names = study.metric_names or []
+    signs = [-1.0 if d.name == "MAXIMIZE" else 1.0 for d in study.directions]
+    on_front = still_on_front(rows, names, signs, objective,
+                              {p: v["latency_ms"] for p, v in record_plans.items()})
+    for p, kept in on_front.items():
+        record_plans[p]["on_front"] = kept
+    fp = fingerprint(target.device)
+    record = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "target": target.name,
+              "objective": objective, "rounds": res["rounds"], "seconds": round(res["seconds"], 2),
+              "interval_met": res["interval_met"], "interval_goal": target.protocol.interval,
+              "confidence": target.protocol.confidence, "teacher_ms": teacher_ms, "teacher_plan": teacher,
+              "fingerprint": fp, "plans": record_plans}
+    study.set_user_attr("verification", record)
+    if not res["interval_met"] and rounds is None:
+        worst = max(record_plans.values(), key=lambda v: v["half_width"])
+        msg = (f"verify: the ±{target.protocol.interval:.0%} interval goal was not met within "
+               f"{target.protocol.max_seconds:g} s per plan (widest: ±{worst['half_width']:.1%} after "
+               f"{res['rounds']} rounds); the machine is noisy: raise protocol.max_seconds or run it quieter")
+        warnings.warn(msg, stacklevel=2)
+        say(msg)
+    off = [p for p, v in record_plans.items() if not v["on_front"]]
+    say(f"verified in {res['rounds']} rounds, {res['seconds']:.0f} s; teacher {teacher_ms:.1f} ms"
+        + (f"; {len(off)} point(s) fall off the front when verified: {', '.join(off)}" if off else ""))
+    return record
+
+
+def still_on_front(rows: list[dict], names: list[str], signs: list[float], objective: str,
+                   verified: dict[str, float]) -> dict[str, bool]:
+    """Which frontier rows stay Pareto-optimal when ``objective`` takes its verified value (``verified``: plan
+    -> value) and the other objectives keep their recorded ones. ``signs`` turn each objective into a loss
+    (-1 for maximised). Rows without a verified value are left out."""
+    from ._pareto import pareto_front
+
+    in_rows = [r for r in rows if r["plan"] in verified]
+    points = [[sg * (verified[r["plan"]] if n == objective else r[n]) for sg, n in zip(signs, names)]
+              for r in in_rows]
+    kept = set(pareto_front(points))
+    return {r["plan"]: i in kept for i, r in enumerate(in_rows)}
+
+
+def _check_machine(study, rows, target) -> None:
+    """Measured latencies are only comparable on the machine that measured them."""
+    from .._errors import UserError
+    from ..cost._target import FINGERPRINT_KEYS, fingerprint
+    from ._evaluator import machine_id
+
+    here = machine_id(fingerprint(target.device))
+    ids = {t.user_attrs.get("fingerprint") for t in study.get_trials(deepcopy=False)
+           if t.number in {r["trial"] for r in rows}} - {None}
+    if ids and ids != {here}:
+        raise UserError(f"the study's latencies were measured on another machine (fingerprint {', '.join(sorted(ids))}, "
+                        f"this one {here}; compared: {', '.join(FINGERPRINT_KEYS)}); verify it where it ran, "
+                        "or run a new study here")
