@@ -28,6 +28,7 @@ min_iterations = 3
 min_seconds = 0.0
 min_rounds = 3
 max_seconds = 0.3
+verify_seconds = 1.0
 interval = 0.05
 """
 

@@ -57,7 +57,7 @@ def add_search_parser(sub, fmt, examples) -> None:
                            "is flagged OFF THE FRONT. `search` runs this at its end unless [verify] after_search = "
                            "false; run it alone after a study run by workers, or on a quieter machine. By default "
                            "rounds run until every interval is within the target protocol's `interval` (±3 %) or "
-                           "`max_seconds` per point have passed (then it warns).", 100),
+                           "`verify_seconds` have passed (then it warns).", 100),
                        epilog=examples("""
                            modsearch verify studies/bible-en-fr.toml
                            modsearch verify studies/bible-en-fr.toml --rounds 40

@@ -4,9 +4,10 @@ confidence interval.
 Why: on a shared or virtual machine the speed of the CPU drifts by tens of percent over minutes (other load,
 frequency scaling, noisy neighbours). Timing one plan alone puts whatever drift happens in its window on that
 plan. Timing it in rounds with a reference (each round runs every model once, in a random order) puts the same
-drift on both, and the per-round ratio ``plan / reference`` cancels it. The ratio's interval comes from the
-rounds themselves: a t-interval on the mean of the per-round log ratios (paired statistics), so it narrows as
-the rounds agree and widens when the machine is erratic.
+drift on both, and the per-round ratio ``plan / reference`` cancels it. The estimate is the median of the
+per-round ratios and its interval the distribution-free one from their order statistics (paired statistics,
+robust to the stalls a shared machine throws in), so it narrows as the rounds agree and widens when the
+machine is erratic.
 
 The round engine, :func:`interleaved_rounds`, is the one every interleaved measurement in modsearch runs on (the
 latency profile's calibration, paired trial latency, ``modsearch verify``); it takes the steps and a stopping
@@ -57,10 +58,14 @@ def interleaved_rounds(steps: Sequence[Step], warmup: int, keep_going: Callable[
 def ratio_interval(reference: Sequence[float], other: Sequence[float], confidence: float = 0.95) -> dict:
     """The ratio ``other / reference`` of paired samples (same rounds) with a ``confidence`` interval.
 
-    The estimate is the geometric mean of the per-round ratios, ``exp(mean(log(other_i / reference_i)))``, and
-    the interval a Student t-interval on that mean of logs, transformed back (so it is asymmetric around the
-    ratio and never below 0). ``half_width`` is the interval's relative half-width, ``exp(t · se) - 1``: 0.03
-    means the ratio is known to ±3 %. One round gives an infinite interval."""
+    The estimate is the median of the per-round ratios ``other_i / reference_i``, and the interval the
+    distribution-free one for a median: the order statistics ``k`` and ``n + 1 - k`` of the ratios, with ``k``
+    the largest rank whose binomial tail ``P(Binomial(n, 1/2) < k)`` is at most ``(1 - confidence) / 2`` (its
+    coverage is at least ``confidence`` whatever the distribution). Robust by design: on a shared machine a
+    round now and then runs one model through a stall (a ratio of 1.0 where the rest read 0.55); a mean
+    would move with it, the median does not. ``half_width`` is the interval's larger relative distance from the
+    estimate: 0.03 means the ratio is known to ±3 %. Fewer than 6 rounds cannot give a 95 % interval: it is
+    then infinite."""
     import numpy as np
     from scipy import stats
 
@@ -69,15 +74,18 @@ def ratio_interval(reference: Sequence[float], other: Sequence[float], confidenc
         raise ValueError("paired samples need the same, non-zero number of rounds")
     if (ref <= 0).any() or (oth <= 0).any():
         raise ValueError("durations must be positive")
-    logs = np.log(oth) - np.log(ref)
-    n = len(logs)
-    mean = float(logs.mean())
-    if n < 2:
-        return {"ratio": math.exp(mean), "low": 0.0, "high": math.inf, "rounds": n, "half_width": math.inf}
-    se = float(logs.std(ddof=1)) / math.sqrt(n)
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * se
-    return {"ratio": math.exp(mean), "low": math.exp(mean - half), "high": math.exp(mean + half), "rounds": n,
-            "half_width": math.expm1(half)}
+    ratios = np.sort(oth / ref)
+    n = len(ratios)
+    ratio = float(np.median(ratios))
+    # k: the 1-indexed rank of the lower bound, the largest with P(B <= k - 1) <= alpha / 2.
+    k = 0
+    while stats.binom.cdf(k, n, 0.5) <= (1 - confidence) / 2:
+        k += 1
+    if k < 1:
+        return {"ratio": ratio, "low": 0.0, "high": math.inf, "rounds": n, "half_width": math.inf}
+    low, high = float(ratios[k - 1]), float(ratios[n - k])
+    return {"ratio": ratio, "low": low, "high": high, "rounds": n,
+            "half_width": max(high / ratio - 1.0, 1.0 - low / ratio)}
 
 
 def measure_paired(steps: Sequence[Step], protocol, *, reference: int = 0, rounds: int | None = None,
@@ -87,13 +95,12 @@ def measure_paired(steps: Sequence[Step], protocol, *, reference: int = 0, round
     give every step's ratio to ``steps[reference]``.
 
     Stopping, from the target's protocol: at least ``min_rounds`` rounds, then stop as soon as every ratio's
-    ``confidence`` interval is within ``± interval`` (relative), or when ``cap_seconds`` (default
-    ``max_seconds`` for each non-reference step) have passed. ``rounds`` fixes the count instead (both rules
+    ``confidence`` interval is within ``± interval`` (relative), or when ``cap_seconds`` (default: the
+    protocol's ``max_seconds``) have passed. ``rounds`` fixes the count instead (both rules
     off). Returns ``{"samples", "ratios" (per step; the reference's is exactly 1), "rounds", "seconds",
     "interval_met"}``.
     """
-    n_other = max(1, len(steps) - 1)
-    cap = cap_seconds if cap_seconds is not None else protocol.max_seconds * n_other
+    cap = cap_seconds if cap_seconds is not None else protocol.max_seconds
     others = [i for i in range(len(steps)) if i != reference]
 
     def widths(samples) -> list[float]:

@@ -38,7 +38,7 @@ def verify_study(cfg, *, rounds: int | None = None, study=None, storage=None, pr
     """Measure the teacher and the study's frontier plans in interleaved shuffled rounds on ``cfg``'s target;
     store and return the record (see the module docstring). ``rounds`` fixes the number of rounds; by default
     they run until every point's interval is within the target protocol's ``interval`` or until
-    ``max_seconds`` per point have passed (then a warning says which goal was missed)."""
+    the protocol's ``verify_seconds`` have passed (then a warning says which goal was missed)."""
     import optuna
 
     from ..assembly import assemble
@@ -85,7 +85,7 @@ def verify_study(cfg, *, rounds: int | None = None, study=None, storage=None, pr
     say(f"verifying {len(plans)} frontier plan(s) of study {cfg.name} against the teacher on {target.name}, "
         f"interleaved in shuffled rounds" + (f" ({rounds} rounds)" if rounds else
                                               f" (until ±{target.protocol.interval:.0%} or "
-                                              f"{target.protocol.max_seconds:g} s per plan)"))
+                                              f"{target.protocol.verify_seconds:g} s)"))
     steps = []
     for p in [teacher, *plans]:
         model, inputs = prepare(assemble(bank, bank.plan(p)), target, seed)
@@ -98,6 +98,7 @@ def verify_study(cfg, *, rounds: int | None = None, study=None, storage=None, pr
     try:
         with pinned_threads(target.n_threads):
             res = measure_paired(steps, target.protocol, reference=0, rounds=rounds, rng=random.Random(seed),
+                                 cap_seconds=target.protocol.verify_seconds,
                                  on_round=(lambda _n: bar.update(1)) if bar else None)
     finally:
         if bar:
@@ -127,8 +128,9 @@ def verify_study(cfg, *, rounds: int | None = None, study=None, storage=None, pr
     if not res["interval_met"] and rounds is None:
         worst = max(record_plans.values(), key=lambda v: v["half_width"])
         msg = (f"verify: the ±{target.protocol.interval:.0%} interval goal was not met within "
-               f"{target.protocol.max_seconds:g} s per plan (widest: ±{worst['half_width']:.1%} after "
-               f"{res['rounds']} rounds); the machine is noisy: raise protocol.max_seconds or run it quieter")
+               f"{target.protocol.verify_seconds:g} s (widest: ±{worst['half_width']:.1%} after "
+               f"{res['rounds']} rounds); the machine is noisy: raise the target's protocol.verify_seconds, "
+               "give --rounds, or verify on a quieter machine")
         warnings.warn(msg, stacklevel=2)
         say(msg)
     off = [p for p, v in record_plans.items() if not v["on_front"]]
