@@ -99,9 +99,9 @@ def verify_study(cfg, *, rounds: int | None = None, study=None, storage=None, pr
         with pinned_threads(target.n_threads):
             res = measure_paired(steps, target.protocol, reference=0, rounds=rounds, rng=random.Random(seed),
                                  cap_seconds=target.protocol.verify_seconds,
-                                 on_round=(lambda _n: bar.update(1)) if bar else None)
+                                 on_round=(lambda _n: bar.update(1)) if bar is not None else None)
     finally:
-        if bar:
+        if bar is not None:
             bar.close()
     teacher_ms = percentile(res["samples"][0], 50) * 1000
     by_plan = {r["plan"]: r for r in rows}
