@@ -123,12 +123,17 @@ def test_a_point_verification_knocks_off_the_front_is_flagged():
             {"trial": 1, "plan": "b", "quality": 35.0, "latency_ms": 80.0, "speedup": 1.9},
             {"trial": 0, "plan": "t", "quality": 40.0, "latency_ms": 150.0, "speedup": 1.0}]
     names, signs = ["quality", "latency_ms"], [-1.0, 1.0]
-    # Verified: "a" is really slower than "b", which scores better: "a" is dominated.
-    flags = still_on_front(rows, names, signs, "latency_ms", {"a": 90.0, "b": 78.0, "t": 150.0})
+    # Verified: "a" is really slower than "b", which scores better, beyond both intervals: "a" is dominated.
+    flags = still_on_front(rows, names, signs, "latency_ms", {"a": (88.0, 92.0), "b": (76.0, 80.0),
+                                                              "t": (148.0, 152.0)})
     assert flags == {"a": False, "b": True, "t": True}
+    # Overlapping intervals: tied within the measurement, nobody is flagged (measured here: two plans of the
+    # same depths verified 2.17x and 2.21x, and an independent measurement put them the other way round).
+    assert still_on_front(rows, names, signs, "latency_ms", {"a": (79.0, 84.0), "b": (76.0, 80.0),
+                                                             "t": (148.0, 152.0)}) == {"a": True, "b": True, "t": True}
     # Quality keeps its recorded value; only the verified objective changes.
-    assert still_on_front(rows, names, signs, "latency_ms", {"a": 70.0, "b": 78.0, "t": 150.0}) == {
-        "a": True, "b": True, "t": True}
+    assert still_on_front(rows, names, signs, "latency_ms", {"a": (68.0, 72.0), "b": (76.0, 80.0),
+                                                             "t": (148.0, 152.0)}) == {"a": True, "b": True, "t": True}
     shown = [dict(r, verified_speedup=1.6, verified_low=1.5, verified_high=1.7, verified_on_front=flags[r["plan"]])
              for r in rows]
     line = format_frontier(shown).splitlines()[1]

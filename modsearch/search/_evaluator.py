@@ -245,13 +245,12 @@ class PlanEvaluator:
         if self._layer_flops:
             # Exact, and milliseconds instead of a counted generate() per plan (see LayerFlops).
             out["flops"] = self._layer_flops(plan)["total"]
-        report = {}
-        if latency or not self._layer_flops:
-            # cost_report casts the model to the target's dtype and device in place: quality is scored before.
-            report = cost_report(self.bank, plan, self.target, model=model, latency=latency,
-                                 flops=not self._layer_flops, memory=False)
-            if "flops" in report:
-                out["flops"] = report["flops"]["total"]
+        if not self._layer_flops:
+            # Counted per plan (FLOPs only: latency is measured paired, below). cost_report casts the model to
+            # the target's dtype and device in place: quality is scored before.
+            report = cost_report(self.bank, plan, self.target, model=model, latency=False, flops=True,
+                                 memory=False)
+            out["flops"] = report["flops"]["total"]
         if latency:
             out.update(self._paired_latency(plan, model))
         out["timings"] = {"cost_s": time.perf_counter() - t}

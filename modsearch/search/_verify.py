@@ -5,7 +5,7 @@ During a search each plan's latency is measured when its trial runs (paired with
 a profile. Verification measures all frontier points in one window, each round running the teacher and every
 point once in a random order, and reports each point's speed-up over the teacher with a confidence interval
 (paired statistics, :mod:`modsearch.cost._paired`). A point whose verified latency is dominated by another
-frontier point's is flagged ``on_front = False``, not silently kept.
+frontier point's beyond both intervals is flagged ``on_front = False``, not silently kept.
 
 The record is stored on the study (``study.user_attrs["verification"]``: finished Optuna trials cannot take new
 attributes), keyed by plan and naming each plan's trial; :func:`frontier_rows` and the report read it, and
@@ -109,13 +109,15 @@ def verify_study(cfg, *, rounds: int | None = None, study=None, storage=None, pr
     for i, p in enumerate([teacher, *plans]):
         s = speedup_of(res["ratios"][i])
         row = by_plan.get(p, {})
+        r = res["ratios"][i]
         record_plans[p] = {"trial": row.get("trial"), "speedup": s["speedup"], "low": s["low"], "high": s["high"],
-                           "half_width": s["half_width"], "latency_ms": teacher_ms * res["ratios"][i]["ratio"],
+                           "half_width": s["half_width"], "latency_ms": teacher_ms * r["ratio"],
+                           "latency_low_ms": teacher_ms * r["low"], "latency_high_ms": teacher_ms * r["high"],
                            "reported_speedup": row.get("speedup"), "on_front": True}
     names = study.metric_names or []
     signs = [-1.0 if d.name == "MAXIMIZE" else 1.0 for d in study.directions]
     on_front = still_on_front(rows, names, signs, objective,
-                              {p: v["latency_ms"] for p, v in record_plans.items()})
+                              {p: (v["latency_low_ms"], v["latency_high_ms"]) for p, v in record_plans.items()})
     for p, kept in on_front.items():
         record_plans[p]["on_front"] = kept
     fp = fingerprint(target.device)
@@ -140,17 +142,20 @@ def verify_study(cfg, *, rounds: int | None = None, study=None, storage=None, pr
 
 
 def still_on_front(rows: list[dict], names: list[str], signs: list[float], objective: str,
-                   verified: dict[str, float]) -> dict[str, bool]:
-    """Which frontier rows stay Pareto-optimal when ``objective`` takes its verified value (``verified``: plan
-    -> value) and the other objectives keep their recorded ones. ``signs`` turn each objective into a loss
-    (-1 for maximised). Rows without a verified value are left out."""
-    from ._pareto import pareto_front
-
+                   verified: dict[str, tuple[float, float]]) -> dict[str, bool]:
+    """Which frontier rows stay Pareto-optimal when ``objective`` takes its verified interval (``verified``:
+    plan -> (low, high)) and the other objectives keep their recorded values. ``signs`` turn each objective into
+    a loss (-1 for maximised). A row is knocked off only by a row at least as good on every other objective
+    whose verified interval lies wholly below its own (``high`` under its ``low``): two plans whose intervals
+    overlap are tied within the measurement, and neither is flagged. Rows without a verified value are left out."""
     in_rows = [r for r in rows if r["plan"] in verified]
-    points = [[sg * (verified[r["plan"]] if n == objective else r[n]) for sg, n in zip(signs, names)]
-              for r in in_rows]
-    kept = set(pareto_front(points))
-    return {r["plan"]: i in kept for i, r in enumerate(in_rows)}
+    others = [(n, sg) for n, sg in zip(names, signs) if n != objective]
+
+    def beats(a: dict, b: dict) -> bool:
+        return (verified[a["plan"]][1] < verified[b["plan"]][0]
+                and all(sg * a[n] <= sg * b[n] for n, sg in others))
+
+    return {b["plan"]: not any(beats(a, b) for a in in_rows if a is not b) for b in in_rows}
 
 
 def _check_machine(study, rows, target) -> None:
