@@ -327,3 +327,29 @@ def test_notebook_runs_top_to_bottom_on_a_study(study, tmp_path):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     assert (tmp_path / "nb-export" / "assembly.json").exists()
+
+
+def test_verified_frontier_is_drawn_with_its_intervals():
+    import modsearch.report as report
+
+    res = _synthetic(n=300)
+    front = res.frontier(["quality", "latency_ms"])
+    plans = {}
+    for k, t in enumerate(front[:3]):
+        s = 50 / t.get("latency_ms")
+        plans[t.plan] = {"trial": t.number, "speedup": s, "low": s * 0.97, "high": s * 1.02, "half_width": 0.03,
+                         "latency_ms": 50 / s, "on_front": k != 1}
+    res.verification = {"objective": "latency_ms", "teacher_ms": 50.0, "rounds": 30, "confidence": 0.95,
+                        "plans": plans}
+    fig = report.frontier_figure(res, "latency_ms", max_points=2000)
+    tr = next(t for t in fig.data if t.name.startswith("verified"))
+    assert len(tr.x) == 3 and "30 rounds" in tr.name
+    for x, hi, lo, t in zip(tr.x, tr.error_x.array, tr.error_x.arrayminus, front[:3]):
+        v = plans[t.plan]
+        # The bars span exactly the verified interval, turned into latency: teacher_ms / speed-up.
+        assert x + hi == pytest.approx(50 / v["low"]) and x - lo == pytest.approx(50 / v["high"])
+    assert list(tr.marker.color).count("#d62728") == 1  # the one verification knocked off, in red
+    assert "off the front" in tr.text[1]
+    # No verification record, or one for another cost axis: no such trace.
+    res.verification = None
+    assert not any(t.name.startswith("verified") for t in report.frontier_figure(res, "latency_ms").data)
