@@ -88,3 +88,32 @@ def test_fingerprint_fields():
     assert fingerprint_mismatch(fp, fp | {"cpu_model": "Other CPU"}) == [f"cpu_model: {fp['cpu_model']!r} != 'Other CPU'"]
     # generate()'s own overhead changes with transformers: figures from another version are another machine's.
     assert fingerprint_mismatch(fp, fp | {"transformers": "4.0.0"}) == [f"transformers: {fp['transformers']!r} != '4.0.0'"]
+
+
+def test_load_probe_counts_other_processes_cores_not_its_own(monkeypatch):
+    """Synthetic /proc/stat and process times: the machine's busy time minus this process's own, per second."""
+    import os
+    from collections import namedtuple
+
+    from modsearch.cost import _target
+
+    Times = namedtuple("Times", "user system children_user children_system elapsed")
+    state = {"busy": 100.0, "mine": 10.0, "now": 0.0}
+    monkeypatch.setattr(_target.LoadProbe, "_machine_busy_seconds", staticmethod(lambda: state["busy"]))
+    monkeypatch.setattr(_target.os, "times", lambda: Times(state["mine"], 0.0, 0.0, 0.0, 0.0))
+    monkeypatch.setattr(_target, "_cpus", lambda: 2)
+    monkeypatch.setattr("time.sleep", lambda s: state.update(now=state["now"] + s, busy=state["busy"] + s * 1.0))
+    probe = _target.LoadProbe(clock=lambda: state["now"])
+    # First reading: 0.2 s during which the machine was busy 1 core (another process; this one idle).
+    assert probe.free_cpus() == 1
+    # Then 10 s in which this process used both cores itself and nothing else ran: 2 free.
+    state.update(now=state["now"] + 10, busy=state["busy"] + 20, mine=state["mine"] + 20)
+    assert probe.others() == pytest.approx(0.0) and probe._last is not None
+    state.update(now=state["now"] + 10, busy=state["busy"] + 20, mine=state["mine"] + 20)
+    assert probe.free_cpus() == 2
+    # 10 s with this process on one core and another process on the other: 1 free.
+    state.update(now=state["now"] + 10, busy=state["busy"] + 20, mine=state["mine"] + 10)
+    assert probe.free_cpus() == 1
+    # Unreadable /proc/stat: no opinion, all CPUs.
+    monkeypatch.setattr(_target.LoadProbe, "_machine_busy_seconds", staticmethod(lambda: None))
+    assert probe.free_cpus() == 2 and os.cpu_count() >= 1
