@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import shutil
 
 from ._errors import UserError
 from ._io import atomic_dir, write_json, write_text
 from ._version import __version__
 from .assembly import assemble
 from .bank._bank import LayerBank
+from .bank._storage import licence_files
 from .plan._plan import AssemblyPlan
 
 
@@ -53,6 +55,8 @@ def export_model(bank: LayerBank, plan: str | AssemblyPlan, out: str, overwrite:
         model.save_pretrained(tmp)
         if bank.has_tokenizer():
             bank.tokenizer.save_pretrained(tmp)
+        for name in licence_files(bank.base_dir):  # the base model's terms travel with every derivative
+            shutil.copyfile(os.path.join(bank.base_dir, name), os.path.join(tmp, name))
         write_json(os.path.join(tmp, "assembly.json"), spec)
         write_text(os.path.join(tmp, "README.md"), model_card(bank, plan, spec, generate_note))
     return out
@@ -81,7 +85,7 @@ def model_card(bank: LayerBank, plan: AssemblyPlan, spec: dict, generate_note: s
     prefix = (f"\nInputs were prefixed with `{spec['source_prefix']}` during training; add it to your inputs.\n"
               if spec.get("source_prefix") else "")
     note = f"\n## Generation note\n\n{generate_note}\n" if generate_note else ""
-    measured += _study_card_section(spec) + _healing_card_section(spec)
+    measured += _study_card_section(spec) + _healing_card_section(spec) + _licence_card_section(bank)
     return f"""---
 library_name: transformers
 tags: [modsearch, modular-transformers, compressed]
@@ -114,6 +118,23 @@ print(tokenizer.batch_decode(model.generate(**inputs, max_new_tokens=64), skip_s
 {prefix}{note}
 `assembly.json` beside this card records the plan, the bank and every figure measured for it.
 """
+
+
+def _licence_card_section(bank: LayerBank) -> str:
+    """The base model's terms: which files came with it, and that this model is a modified derivative."""
+    files = licence_files(bank.base_dir)
+    if not files:
+        return ("\n## Licence\n\nThe base model came with no licence, notice or terms file; check the terms of "
+                f"`{bank.manifest['provenance'].get('source_model')}` before you redistribute this model.\n")
+    notice = next((f for f in files if f.lower().startswith("notice")), None)
+    text = ""
+    if notice:
+        with open(os.path.join(bank.base_dir, notice), encoding="utf-8", errors="replace") as f:
+            text = "\n" + "\n".join("> " + line for line in f.read().strip().splitlines()) + "\n"
+    return ("\n## Licence\n\nThis model is a **modified** derivative of its base model: layers were removed or "
+            "replaced by trained modules, and it may have been distilled further. The base model's terms apply to "
+            f"it; they are in this directory: {', '.join(f'`{x}`' for x in files)}. Redistribute it only as those "
+            f"terms allow, with these files.\n{text}")
 
 
 def _study_card_section(spec: dict) -> str:

@@ -43,3 +43,35 @@ def test_unknown_storage_dtype_is_refused(tmp_path):
     bank = LayerBank.init(model, str(tmp_path / "bank"), granularities=[2])
     with pytest.raises(UserError, match="unknown storage dtype"):
         bank.store_as("int3")
+
+
+def test_the_base_models_licence_files_travel_into_the_bank_and_every_export(tmp_path):
+    from modsearch import export_model
+
+    src = tmp_path / "model"
+    tiny.save_tiny("llama", str(src), dec=4)
+    (src / "LICENSE").write_text("Some licence text.\n")
+    (src / "NOTICE").write_text("Gemma is provided under and subject to the Gemma Terms of Use.\n")
+    (src / "GEMMA_TERMS.html").write_text("<html>terms</html>\n")
+    (src / "notes.txt").write_text("not a licence\n")
+    bank = LayerBank.init(str(src), str(tmp_path / "bank"), granularities=[2])
+    base = tmp_path / "bank" / "base"
+    assert {"LICENSE", "NOTICE", "GEMMA_TERMS.html"} <= set(os.listdir(base)) and not (base / "notes.txt").exists()
+    assert "NOTICE" in bank.manifest["base"]["files"] and bank.verify() == []  # hashed like every base file
+    (base / "NOTICE").write_text("tampered\n")
+    assert any("NOTICE" in p for p in LayerBank.load(str(tmp_path / "bank")).verify())
+    (base / "NOTICE").write_text("Gemma is provided under and subject to the Gemma Terms of Use.\n")
+
+    out = tmp_path / "export"
+    export_model(bank, "0-1,2-3", str(out))
+    assert (out / "LICENSE").read_text() == "Some licence text.\n" and (out / "GEMMA_TERMS.html").exists()
+    card = (out / "README.md").read_text()
+    assert "## Licence" in card and "**modified**" in card and "`NOTICE`" in card
+    assert "> Gemma is provided under and subject to the Gemma Terms of Use." in card
+
+    # A base without any such file: the card says so instead of inventing terms.
+    bare = tmp_path / "bare"
+    tiny.save_tiny("llama", str(bare), dec=2)
+    b2 = LayerBank.init(str(bare), str(tmp_path / "bank2"), granularities=[2])
+    export_model(b2, "0-1", str(tmp_path / "export2"))
+    assert "came with no licence" in (tmp_path / "export2" / "README.md").read_text()

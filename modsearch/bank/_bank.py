@@ -23,6 +23,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +35,7 @@ from .._io import atomic_dir, sha256_file, write_json
 from .._version import __version__
 from ..plan._plan import DROP, MODULE, AssemblyPlan, PlanSpace
 from .arch import ArchitectureAdapter, adapter_for
-from ._storage import (_compare_shapes, _hash_dir, _layer_state, _load_layer_state, _read_safetensors,
+from ._storage import (_compare_shapes, _hash_dir, _layer_state, _load_layer_state, _read_safetensors, licence_files,
                        _write_safetensors)
 
 SCHEMA_VERSION = 1
@@ -312,6 +313,8 @@ class LayerBank:
             hf_model.save_pretrained(base_dir)
             if tokenizer is not None:
                 tokenizer.save_pretrained(base_dir)
+            for name in licence_files(model) if os.path.isdir(model) else ():
+                shutil.copyfile(os.path.join(model, name), os.path.join(base_dir, name))
             os.makedirs(os.path.join(tmp, "modules"))
             modules = []
             for stack in adapter.stacks:

@@ -63,3 +63,19 @@ def _load_layer_state(layer: nn.Module, tensors: dict[str, torch.Tensor], privat
     if bad:
         raise UserError(f"{what}: {bad}")
     layer.load_state_dict(tensors, strict=False)
+
+
+#: Files of a model directory that carry its terms: copied into a bank's base and into every export from it.
+LICENCE_PATTERNS = ("license*", "licence*", "notice*", "copying*", "*terms*", "use_policy*", "use-policy*")
+
+
+def licence_files(directory: str) -> list[str]:
+    """The licence, notice and terms files at the top of ``directory`` (names matched case-insensitively)."""
+    import fnmatch
+
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    return [n for n in names if os.path.isfile(os.path.join(directory, n))
+            and any(fnmatch.fnmatch(n.lower(), pat) for pat in LICENCE_PATTERNS)]
