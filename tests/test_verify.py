@@ -158,6 +158,15 @@ def test_verify_refuses_what_it_cannot_verify(root, capsys, monkeypatch):
     assert main(["verify", cfg.source, "--quiet"]) == 2
     assert "measured on another machine" in capsys.readouterr().err
     assert main(["verify", cfg.source, "--rounds", "1", "--quiet"]) == 2
+    # A study that exists but has no finished trial.
+    import optuna
+
+    empty = StudyConfig.load(_study(root, "empty", n_trials=3))
+    (root / "empty").mkdir(exist_ok=True)
+    optuna.create_study(study_name="empty", storage=empty.storage, directions=["maximize", "minimize"])
+    capsys.readouterr()
+    assert main(["verify", empty.source, "--quiet"]) == 2
+    assert "no finished feasible trial" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("key, value", [("interval", "3"), ("confidence", "1.0"), ("min_rounds", "1"),
