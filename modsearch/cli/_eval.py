@@ -55,6 +55,10 @@ def add_eval_parser(sub, fmt, examples) -> None:
     s.add_argument("--max-new-tokens", type=int, default=128, metavar="N",
                    help="generation length limit (default 128)")
     s.add_argument("--max-source-tokens", type=int, metavar="N", help="truncate sources to N tokens")
+    s.add_argument("--context-length", type=int, metavar="N",
+                   help="lm: score each text whole, in windows of N tokens (default: the model's positions, used "
+                        "only when a text is longer than them)")
+    s.add_argument("--stride", type=int, metavar="S", help="lm: a window starts every S tokens (default N/2)")
     s.add_argument("--batch-size", type=int, default=32, metavar="N", help="examples per batch (default 32)")
     s.add_argument("--save-predictions", metavar="FILE",
                    help="write one JSON line per example (id, source, reference, hypothesis, loss)")
@@ -75,7 +79,8 @@ def cmd_eval(a) -> int:
     task = QualityTask(a.task, metric=metric, source_field=a.source_field, target_field=a.target_field,
                        text_field=a.text_field, num_beams=a.num_beams, max_new_tokens=a.max_new_tokens,
                        batch_size=a.batch_size, max_source_tokens=a.max_source_tokens,
-                       source_prefix=a.source_prefix, primary_key=a.primary_key)
+                       source_prefix=a.source_prefix, primary_key=a.primary_key, context_length=a.context_length,
+                       stride=a.stride)
     if a.save_predictions:
         _check_writable(a.save_predictions)
     # Cheap checks first: the bank manifest and the plan, then the data; weights load only after.

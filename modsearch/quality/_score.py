@@ -73,6 +73,8 @@ class QualityTask:
     max_source_tokens: int | None = None
     source_prefix: str | None = None
     primary_key: str | None = None
+    context_length: int | None = None  # lm: score long texts in windows of this many tokens ...
+    stride: int | None = None          # ... starting every `stride` tokens (modsearch.quality._windows)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -85,6 +87,13 @@ class QualityTask:
             raise UserError(f"max-source-tokens must be >= 1, not {self.max_source_tokens}")
         if not self.metrics:
             raise UserError("no metric given: use chrf, bleu, rouge, loss, perplexity or token_accuracy")
+        if (self.context_length is not None or self.stride is not None) and self.task != "lm":
+            raise UserError("context-length and stride apply to task lm only")
+        c, st = self.context_length, self.stride
+        if c is not None and (not isinstance(c, int) or isinstance(c, bool) or c < 2):
+            raise UserError(f"context-length must be an integer >= 2, not {c!r}")
+        if st is not None and (not isinstance(st, int) or isinstance(st, bool) or st < 1 or (c is not None and st > c)):
+            raise UserError(f"stride must be an integer between 1 and the context length, not {st!r}")
         if self.task == "lm":
             bad = [m for m in self.metrics if m not in TEACHER_FORCED]
             if bad:
@@ -120,8 +129,10 @@ class QualityTask:
                 for m in self.metrics if m not in TEACHER_FORCED}
 
     def to_json(self) -> dict:
-        """Everything that changes a score: part of the cache key of a scored plan."""
-        return asdict(self) | {"metric": list(self.metrics)}
+        """Everything that changes a score: part of the cache key of a scored plan. Windowing settings appear
+        only when set, so the keys of studies made before they existed still match."""
+        d = asdict(self) | {"metric": list(self.metrics)}
+        return {k: v for k, v in d.items() if not (k in ("context_length", "stride") and v is None)}
 
 
 @dataclass
@@ -391,6 +402,16 @@ def score_quality(model: nn.Module, tokenizer, devset: DevSet, task: QualityTask
         with torch.inference_mode():
             if encoder_cache is not None:
                 batches, hidden = encoder_cache.batches, encoder_cache.hidden
+            elif task.task == "lm" and _windowed(model, tokenizer, devset, task):
+                from ._windows import windowed_lm_scores
+
+                t = time.perf_counter()
+                stats, losses = windowed_lm_scores(model, tokenizer, list(devset.sources), task.context_length,
+                                                   task.stride, task.batch_size, _pad_id(tokenizer))
+                timings["teacher_forced"] = time.perf_counter() - t
+                details["teacher_forced"] = stats
+                scores.update({m: stats[m] for m in task.metrics if m in TEACHER_FORCED})
+                batches = None
             elif task.task == "lm":
                 ids = _encode_texts(tokenizer, devset.sources, task.max_source_tokens)
                 batches = [_Batch(index, *_pad([ids[i] for i in index], _pad_id(tokenizer), False))
@@ -399,11 +420,13 @@ def score_quality(model: nn.Module, tokenizer, devset: DevSet, task: QualityTask
             else:
                 batches = _source_batches(tokenizer, devset, task, prefix, left=kind == "causal")
                 hidden = None
-            if task.generates:
+            if batches is None:
+                pass  # scored in windows above
+            elif task.generates:
                 t = time.perf_counter()
                 predictions = _generate(model, tokenizer, batches, hidden, task, len(devset))
                 timings["generate"] = time.perf_counter() - t
-            if task.teacher_forced:
+            if batches is not None and task.teacher_forced:
                 t = time.perf_counter()
                 stats, losses = _teacher_forced(model, tokenizer, devset, batches, hidden, task)
                 timings["teacher_forced"] = time.perf_counter() - t
@@ -428,6 +451,19 @@ def score_quality(model: nn.Module, tokenizer, devset: DevSet, task: QualityTask
         wall_time=time.perf_counter() - t0, n_examples=len(devset), timings=timings, details=details,
         predictions=predictions if return_predictions else None,
         example_losses=losses if return_predictions else None)
+
+
+def _windowed(model, tokenizer, devset: DevSet, task: QualityTask) -> bool:
+    """Whether lm texts are scored in strided windows: when asked, or when a text (not truncated by
+    max_source_tokens) is longer than the model's positions, which would otherwise fail."""
+    from ._windows import model_positions
+
+    if task.context_length is not None or task.stride is not None:
+        return True
+    positions = model_positions(model)
+    if positions is None or task.max_source_tokens is not None:
+        return False
+    return any(len(ids) > positions for ids in tokenizer(list(devset.sources))["input_ids"])
 
 
 def score_plan(bank, plan, devset: DevSet, task: QualityTask, return_predictions: bool = False,

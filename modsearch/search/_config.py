@@ -90,7 +90,7 @@ SEED_STRATEGIES = ("teacher", "uniform", "speed-first", "size-first", "drop-alte
 _SECTIONS = {
     "data": {"path", "source_field", "target_field", "text_field", "limit"},
     "task": {"task", "metric", "num_beams", "max_new_tokens", "batch_size", "max_source_tokens", "source_prefix",
-             "primary_key"},
+             "primary_key", "context_length", "stride"},
     "space": {"drops", "granularities"},
     "sampler": {"name"} | {k for s in SAMPLERS.values() for k in s},
     "budget": {"n_trials", "n_plans", "timeout"},
