@@ -204,3 +204,14 @@ def test_seed_cap_keeps_every_strategy_and_the_extremes():
     assert kept[0] == drop_one[0]
     assert limit_seeds(seeds, None) == seeds and math.isfinite(len(limit_seeds(seeds, 1)))
     assert limit_seeds(seeds, 1)[0][1] == "teacher"
+
+
+def test_a_trial_cut_short_of_an_interval_records_an_unbounded_one():
+    """A cap hit before 6 rounds (a slow plan, a short max_seconds) leaves the ratio's interval infinite; the
+    trial records that instead of failing (it once divided by the interval's zero lower bound)."""
+    from modsearch.search._run import _metrics
+
+    rec = {"quality": 1.0, "scores": {}, "latency_ratio": 0.5, "latency_ratio_low": 0.0,
+           "latency_ratio_high": math.inf}
+    m = _metrics(rec, {"quality": 1.0})
+    assert m["speedup"] == 2.0 and m["speedup_low"] == 0.0 and m["speedup_high"] == math.inf
