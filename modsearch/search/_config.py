@@ -87,6 +87,8 @@ SAMPLERS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "random": {},
 }
 SEED_STRATEGIES = ("teacher", "uniform", "speed-first", "size-first", "drop-alternate", "drop-one")
+#: Strategies a study may list beyond the defaults (they need the bank's model and the dev texts).
+EXTRA_SEED_STRATEGIES = ("block-influence",)
 _SECTIONS = {
     "data": {"path", "source_field", "target_field", "text_field", "limit"},
     "task": {"task", "metric", "num_beams", "max_new_tokens", "batch_size", "max_source_tokens", "source_prefix",
@@ -310,8 +312,9 @@ class StudyConfig:
 
         seeds = raw.get("seeds", {})
         strategies = seeds.get("strategies", list(SEED_STRATEGIES))
-        need(isinstance(strategies, list) and all(s in SEED_STRATEGIES for s in strategies), where,
-              "seeds.strategies", f"a list drawn from {', '.join(SEED_STRATEGIES)}", strategies)
+        need(isinstance(strategies, list) and all(s in SEED_STRATEGIES + EXTRA_SEED_STRATEGIES for s in strategies),
+              where, "seeds.strategies", f"a list drawn from {', '.join(SEED_STRATEGIES + EXTRA_SEED_STRATEGIES)}",
+              strategies)
         plans = seeds.get("plans", [])
         need(isinstance(plans, list) and all(isinstance(p, str) and p for p in plans), where, "seeds.plans",
               "a list of plans in plan notation", plans)

@@ -50,7 +50,8 @@ def _ladder(depth: int, spans: set[tuple[int, int]]) -> list[tuple[Block, ...]]:
     return out
 
 
-def seed_plans(bank, space: PlanSpace, strategies: Sequence[str]) -> list[tuple[AssemblyPlan, str]]:
+def seed_plans(bank, space: PlanSpace, strategies: Sequence[str],
+               calibration: Sequence[str] = ()) -> list[tuple[AssemblyPlan, str]]:
     """The baseline plans to evaluate before sampling, each with the strategy that proposed it.
 
     - ``teacher``: every original layer.
@@ -60,6 +61,9 @@ def seed_plans(bank, space: PlanSpace, strategies: Sequence[str]) -> list[tuple[
     - ``size-first`` (Modular Transformers): compress every stack evenly, step by step.
     - ``drop-alternate``: drop every other layer (1, 3, 5...) of every stack.
     - ``drop-one``: each single layer dropped in turn (which single drop hurts least shows in the study).
+    - ``block-influence`` (ShortGPT, Men et al. 2024; decoder-only banks): rank layers by Block Influence,
+      1 - cos(input, output) on the ``calibration`` texts, and drop the least influential 1/6, 1/4, 1/3 and 1/2
+      of them.
 
     A plan proposed by several strategies is listed once, under the first. Plans outside ``space`` (drops
     when drops are off, spans left out) are skipped.
@@ -107,9 +111,69 @@ def seed_plans(bank, space: PlanSpace, strategies: Sequence[str]) -> list[tuple[
                     stacks = list(teacher)
                     stacks[s] = tuple(Block(j, j, DROP if j == i else LAYER) for j in range(d))
                     add(stacks, strategy)
+        elif strategy == "block-influence":
+            if bank.kind != "causal":
+                raise UserError("seed strategy block-influence applies to decoder-only banks")
+            if not calibration:
+                raise UserError("seed strategy block-influence needs calibration texts (the dev set's)")
+            bi = block_influence(bank, calibration)
+            depth = depths[0]
+            for frac in BI_FRACTIONS:
+                k = max(1, round(frac * depth))
+                drop = set(sorted(range(depth), key=lambda i: (bi[i], i))[:k])
+                add([tuple(Block(i, i, DROP if i in drop else LAYER) for i in range(depth))], strategy)
         else:
             raise UserError(f"unknown seed strategy {strategy!r}")
     return found
+
+
+#: The shares of the layers ShortGPT-style seeds drop (the depths the layer-pruning comparison reports).
+BI_FRACTIONS = (1 / 6, 1 / 4, 1 / 3, 1 / 2)
+
+
+def block_influence(bank, texts: Sequence[str], max_texts: int = 32, max_tokens: int = 256) -> list[float]:
+    """ShortGPT's Block Influence of each layer of a decoder-only bank's teacher: 1 - the mean cosine similarity
+    between the hidden state a layer receives and the one it returns, over every token of up to ``max_texts``
+    calibration texts (each truncated to ``max_tokens``, run one at a time: no padding). Low = the layer changes
+    little, a candidate to drop."""
+    import torch
+
+    from ..assembly import assemble
+
+    model = assemble(bank, bank.teacher_plan())
+    tok = bank.tokenizer
+    layers = bank.adapter.layers(model, bank.stack_names[0])
+    sums, counts = [0.0] * len(layers), [0] * len(layers)
+    seen: dict[int, torch.Tensor] = {}
+
+    def hooks(i):
+        def pre(_m, args, kwargs):
+            seen[i] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+        def post(_m, _args, _kwargs, out):
+            h = out[0] if isinstance(out, tuple) else out
+            cos = torch.nn.functional.cosine_similarity(seen[i].double(), h.double(), dim=-1)
+            sums[i] += float(cos.sum())
+            counts[i] += cos.numel()
+
+        return pre, post
+
+    handles = []
+    for i, layer in enumerate(layers):
+        pre, post = hooks(i)
+        handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(layer.register_forward_hook(post, with_kwargs=True))
+    try:
+        with torch.inference_mode():
+            for text in list(texts)[:max_texts]:
+                ids = tok(text, truncation=True, max_length=max_tokens, return_tensors="pt")["input_ids"]
+                model(input_ids=ids)
+    finally:
+        for h in handles:
+            h.remove()
+    if not any(counts):
+        raise UserError("block influence: the calibration texts hold no tokens")
+    return [1.0 - s / c for s, c in zip(sums, counts)]
 
 
 def _spread(n: int) -> list[int]:
