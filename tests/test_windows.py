@@ -56,7 +56,8 @@ def test_windowed_perplexity_equals_the_plain_forward_on_the_same_windows(tmp_pa
     tok = tiny.tiny_tokenizer(str(tmp_path))
     texts = _docs()
     assert max(len(tok(t)["input_ids"]) for t in texts) > 64  # longer than the tiny models' 64 positions
-    stats, per_doc = windowed_lm_scores(model, tok, texts, 16, 6, batch_size=3, pad_id=0)
+    ids = [tok(t)["input_ids"] for t in texts]
+    stats, per_doc = windowed_lm_scores(model, ids, 16, 6, batch_size=3, pad_id=0)
     loss, count = _oracle(model, tok, texts, 16, 6)
     assert stats["tokens"] == count and stats["loss"] == pytest.approx(loss, rel=1e-5)
     assert stats["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5) and len(per_doc) == len(texts)

@@ -134,4 +134,4 @@ def speedup_of(ratio: dict) -> dict:
     interval: ``{"speedup", "low", "high", "half_width", "rounds"}``."""
     high = 1.0 / ratio["low"] if ratio["low"] > 0 else math.inf
     return {"speedup": 1.0 / ratio["ratio"], "low": 1.0 / ratio["high"] if ratio["high"] < math.inf else 0.0,
-            "high": high, "half_width": ratio["half_width"], "rounds": ratio["rounds"]}
+            "high": high, "half_width": ratio.get("half_width"), "rounds": ratio.get("rounds")}

@@ -396,39 +396,38 @@ def score_quality(model: nn.Module, tokenizer, devset: DevSet, task: QualityTask
     scores: dict[str, float] = {}
     details: dict[str, dict] = {}
     predictions = losses = None
+    windowed = False
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             if encoder_cache is not None:
                 batches, hidden = encoder_cache.batches, encoder_cache.hidden
-            elif task.task == "lm" and _windowed(model, tokenizer, devset, task):
-                from ._windows import windowed_lm_scores
-
-                t = time.perf_counter()
-                stats, losses = windowed_lm_scores(model, tokenizer, list(devset.sources), task.context_length,
-                                                   task.stride, task.batch_size, _pad_id(tokenizer))
-                timings["teacher_forced"] = time.perf_counter() - t
-                details["teacher_forced"] = stats
-                scores.update({m: stats[m] for m in task.metrics if m in TEACHER_FORCED})
-                batches = None
             elif task.task == "lm":
-                ids = _encode_texts(tokenizer, devset.sources, task.max_source_tokens)
-                batches = [_Batch(index, *_pad([ids[i] for i in index], _pad_id(tokenizer), False))
-                           for index in length_sorted([len(r) for r in ids], task.batch_size)]
+                # Asked-for windows score each text whole: no truncation then.
+                windowing = task.context_length is not None or task.stride is not None
+                ids = _encode_texts(tokenizer, devset.sources, None if windowing else task.max_source_tokens)
+                windowed = windowing or _too_long(model, ids, task)
+                batches = [] if windowed else [
+                    _Batch(index, *_pad([ids[i] for i in index], _pad_id(tokenizer), False))
+                    for index in length_sorted([len(r) for r in ids], task.batch_size)]
                 hidden = None
             else:
                 batches = _source_batches(tokenizer, devset, task, prefix, left=kind == "causal")
                 hidden = None
-            if batches is None:
-                pass  # scored in windows above
-            elif task.generates:
+            if task.generates:
                 t = time.perf_counter()
                 predictions = _generate(model, tokenizer, batches, hidden, task, len(devset))
                 timings["generate"] = time.perf_counter() - t
-            if batches is not None and task.teacher_forced:
+            if task.teacher_forced:
                 t = time.perf_counter()
-                stats, losses = _teacher_forced(model, tokenizer, devset, batches, hidden, task)
+                if windowed:
+                    from ._windows import windowed_lm_scores
+
+                    stats, losses = windowed_lm_scores(model, ids, task.context_length, task.stride,
+                                                       task.batch_size, _pad_id(tokenizer))
+                else:
+                    stats, losses = _teacher_forced(model, tokenizer, devset, batches, hidden, task)
                 timings["teacher_forced"] = time.perf_counter() - t
                 details["teacher_forced"] = stats
                 scores.update({m: stats[m] for m in task.metrics if m in TEACHER_FORCED})
@@ -453,17 +452,13 @@ def score_quality(model: nn.Module, tokenizer, devset: DevSet, task: QualityTask
         example_losses=losses if return_predictions else None)
 
 
-def _windowed(model, tokenizer, devset: DevSet, task: QualityTask) -> bool:
-    """Whether lm texts are scored in strided windows: when asked, or when a text (not truncated by
-    max_source_tokens) is longer than the model's positions, which would otherwise fail."""
+def _too_long(model, ids: list[list[int]], task: QualityTask) -> bool:
+    """Whether an lm text (not truncated by max_source_tokens) is longer than the model's positions, which would
+    fail unwindowed: then it is scored in windows of the positions instead."""
     from ._windows import model_positions
 
-    if task.context_length is not None or task.stride is not None:
-        return True
     positions = model_positions(model)
-    if positions is None or task.max_source_tokens is not None:
-        return False
-    return any(len(ids) > positions for ids in tokenizer(list(devset.sources))["input_ids"])
+    return positions is not None and task.max_source_tokens is None and any(len(r) > positions for r in ids)
 
 
 def score_plan(bank, plan, devset: DevSet, task: QualityTask, return_predictions: bool = False,

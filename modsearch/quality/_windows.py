@@ -48,9 +48,9 @@ def model_positions(model) -> int | None:
     return None
 
 
-def windowed_lm_scores(model, tokenizer, texts: list[str], context: int | None, stride: int | None,
+def windowed_lm_scores(model, ids: list[list[int]], context: int | None, stride: int | None,
                        batch_size: int, pad_id: int) -> tuple[dict, list[float]]:
-    """Token-level cross-entropy, perplexity and accuracy of ``texts`` under ``model``, scored in strided
+    """Token-level cross-entropy, perplexity and accuracy of the tokenized texts ``ids`` under ``model``, scored in strided
     windows; returns ``(stats, per-document mean loss)`` like the unwindowed path. ``context`` None takes the
     model's positions (so a long document never overflows them); ``stride`` None takes half the context."""
     from ._head import head_input, token_scores
@@ -61,7 +61,6 @@ def windowed_lm_scores(model, tokenizer, texts: list[str], context: int | None, 
     if positions is not None and context > positions:
         raise UserError(f"context length {context} is above the model's {positions} positions")
     stride = stride if stride is not None else max(1, context // 2)
-    ids = [list(r) for r in tokenizer(list(texts))["input_ids"]]
     rows = []  # (document, window token ids, labels)
     for d, doc in enumerate(ids):
         for begin, end, first in strided_windows(len(doc), context, stride):

@@ -42,6 +42,13 @@ def machine_id(fp: dict) -> str:
     return hashlib.sha256(json.dumps({k: fp.get(k) for k in FINGERPRINT_KEYS}, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def dev_input_lengths(bank, devset, task) -> list[int]:
+    """Token counts of the dev set's inputs as the model sees them (source prefix included): what a target with
+    ``input_length = "dev"`` takes its length from."""
+    prefix = task.source_prefix if task.source_prefix is not None else bank.source_prefix
+    return [len(ids) for ids in bank.tokenizer([prefix + s for s in devset.sources])["input_ids"]]
+
+
 class PlanEvaluator:
     """Evaluates plans of one bank on one dev set, task and target, with a cache and encoder reuse.
 
@@ -64,7 +71,7 @@ class PlanEvaluator:
         self.bank, self.devset, self.task = bank, devset, task
         self.target = HardwareTarget.resolve(target) if target is not None else None
         if self.target is not None and self.target.input_length == "dev":
-            self.target = self.target.with_input_lengths(self._input_lengths())
+            self.target = self.target.with_input_lengths(dev_input_lengths(bank, devset, task))
         self.measure_latency = measure_latency and self.target is not None
         if measure_latency and self.target is None:
             raise UserError("measuring latency needs a hardware target")
@@ -85,11 +92,6 @@ class PlanEvaluator:
         self.fingerprint_id = machine_id(fp)
         self._base = {"bank": bank.checksum}
         self._quality_base = None
-
-    def _input_lengths(self) -> list[int]:
-        tok = self.bank.tokenizer
-        prefix = self.task.source_prefix if self.task.source_prefix is not None else self.bank.source_prefix
-        return [len(ids) for ids in tok([prefix + s for s in self.devset.sources])["input_ids"]]
 
     # -- keys ---------------------------------------------------------------------------------------------
     def quality_key(self, plan: AssemblyPlan) -> dict:

@@ -25,7 +25,6 @@ The pieces, from the inside out:
 from __future__ import annotations
 
 import logging
-import math
 import socket
 import os
 from collections.abc import Callable, Sequence
@@ -72,11 +71,14 @@ def _metrics(rec: dict, teacher: dict | None) -> dict:
         if teacher.get("flops"):
             m["flops_ratio"] = m.get("flops", float("nan")) / teacher["flops"]
         if rec.get("latency_ratio"):
-            # Paired against the teacher: the speed-up is the measured ratio itself, with its interval.
-            # Fewer than 6 rounds give no 95 % interval (low 0, high inf): the speed-up's is then unbounded too.
-            low, high = rec["latency_ratio_low"], rec["latency_ratio_high"]
-            m.update({"speedup": 1 / rec["latency_ratio"], "speedup_low": 1 / high if high > 0 else math.inf,
-                      "speedup_high": 1 / low if low > 0 else math.inf, "speedup_basis": "latency_ms (paired)"})
+            # Paired against the teacher: the speed-up is the measured ratio itself, with its interval (unbounded
+            # when the trial stopped short of the rounds an interval needs).
+            from ..cost._paired import speedup_of
+
+            s = speedup_of({"ratio": rec["latency_ratio"], "low": rec["latency_ratio_low"],
+                            "high": rec["latency_ratio_high"]})
+            m.update({"speedup": s["speedup"], "speedup_low": s["low"], "speedup_high": s["high"],
+                      "speedup_basis": "latency_ms (paired)"})
             return m
         for lat in ("latency_ms", "profile_latency_ms", "flops"):
             if m.get(lat) and teacher.get(lat):

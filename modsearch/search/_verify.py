@@ -72,10 +72,9 @@ def verify_study(cfg, *, rounds: int | None = None, study=None, storage=None, pr
         raise UserError(f"bank {cfg.bank} has changed since study {cfg.name!r} ran (checksum differs)")
     target = HardwareTarget.resolve(stored.get("target") or cfg.target)
     if target.input_length == "dev":
-        devset, task = cfg.load_devset(), cfg.quality_task()
-        tok = bank.tokenizer
-        prefix = task.source_prefix if task.source_prefix is not None else bank.source_prefix
-        target = target.with_input_lengths([len(i) for i in tok([prefix + s for s in devset.sources])["input_ids"]])
+        from ._evaluator import dev_input_lengths
+
+        target = target.with_input_lengths(dev_input_lengths(bank, cfg.load_devset(), cfg.quality_task()))
     target.check_available()
     if objective == "latency_ms":
         _check_machine(study, rows, target)
@@ -160,7 +159,6 @@ def still_on_front(rows: list[dict], names: list[str], signs: list[float], objec
 
 def _check_machine(study, rows, target) -> None:
     """Measured latencies are only comparable on the machine that measured them."""
-    from .._errors import UserError
     from ..cost._target import FINGERPRINT_KEYS, fingerprint
     from ._evaluator import machine_id
 
