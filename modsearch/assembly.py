@@ -5,6 +5,12 @@ whose layers are deep copies of the bank's original layers and modules, in plan 
 ``layer_idx`` values are renumbered 0..N-1 (the KV cache is indexed by them: stale indices make cached
 generation silently wrong), and config depths are rewritten as Python ints.
 
+``share_weights=True`` (scoring) builds the same model as a *view* of the bank: new module objects (so layer
+indices and configs can be renumbered without touching the bank) holding the bank's own parameter and buffer
+tensors. Nothing of the 170M-parameter embedding of an LLM is copied per trial. Such a model must not be
+changed in place (no ``.to(dtype)``, no training): that would change the bank. Export and latency timing use
+the default, deep copies.
+
 >>> model = assemble(bank, "0,1-2,3-5/0-1,2,3,x4,5")      # doctest: +SKIP
 >>> model.save_pretrained("out")                          # a plain HF model
 """
@@ -19,6 +25,11 @@ from .bank._bank import LayerBank
 from .plan._plan import DROP, MODULE, AssemblyPlan
 
 
+def _tensors(module: nn.Module) -> dict[int, object]:
+    """A deepcopy memo that maps every parameter and buffer of ``module`` to itself (copies share them)."""
+    return {id(t): t for t in list(module.parameters()) + list(module.buffers())}
+
+
 def _skeleton(bank: LayerBank, share_weights: bool = False) -> nn.Module:
     """A deep copy of the base model without its layer lists (so they are not copied for nothing).
 
@@ -27,7 +38,7 @@ def _skeleton(bank: LayerBank, share_weights: bool = False) -> nn.Module:
     """
     base = bank.base_model
     saved = {s: bank.adapter.layers(base, s) for s in bank.stack_names}
-    memo = {id(t): t for t in list(base.parameters()) + list(base.buffers())} if share_weights else {}
+    memo = _tensors(base) if share_weights else {}
     try:
         for s in bank.stack_names:
             bank.adapter.set_layers(base, s, [])
@@ -54,13 +65,14 @@ def plan_layers(bank: LayerBank, plan: AssemblyPlan) -> dict[str, list[nn.Module
     return out
 
 
-def assemble(bank: LayerBank, plan: str | AssemblyPlan) -> nn.Module:
-    """Build the model that ``plan`` describes, as a standalone transformers model in eval mode."""
+def assemble(bank: LayerBank, plan: str | AssemblyPlan, share_weights: bool = False) -> nn.Module:
+    """Build the model that ``plan`` describes, as a standalone transformers model in eval mode (with
+    ``share_weights``, a view of the bank's tensors: see the module docstring)."""
     plan = bank.plan(plan)
     adapter = bank.adapter
-    model = _skeleton(bank)
+    model = _skeleton(bank, share_weights)
     for name, layers in plan_layers(bank, plan).items():
-        copies = [copy.deepcopy(layer) for layer in layers]
+        copies = [copy.deepcopy(layer, _tensors(layer) if share_weights else {}) for layer in layers]
         for slot, layer in enumerate(copies):
             adapter.renumber(layer, slot)
         adapter.set_layers(model, name, copies)
@@ -70,6 +82,7 @@ def assemble(bank: LayerBank, plan: str | AssemblyPlan) -> nn.Module:
                        dict(zip(bank.stack_names, (list(s) for s in plan.sources()))),
                        base_config=bank.base_model.config)
     model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    if not share_weights:  # shared tensors keep the bank's flags
+        for p in model.parameters():
+            p.requires_grad_(False)
     return model

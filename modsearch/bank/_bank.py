@@ -35,6 +35,7 @@ from .._io import atomic_dir, sha256_file, write_json
 from .._version import __version__
 from ..plan._plan import DROP, MODULE, AssemblyPlan, PlanSpace
 from .arch import ArchitectureAdapter, adapter_for
+from ._spans import module_spans, parse_spans
 from ._storage import (_compare_shapes, _hash_dir, _layer_state, _load_layer_state, _read_safetensors, licence_files,
                        _write_safetensors)
 
@@ -73,14 +74,6 @@ class ModuleEntry:
 
 def _params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def _module_spans(depth: int, granularities: Iterable[int], starts: str) -> list[tuple[int, int]]:
-    spans = []
-    for k in sorted(set(granularities)):
-        step = k if starts == "aligned" else 1
-        spans += [(i, i + k - 1) for i in range(0, depth - k + 1, step)]
-    return spans
 
 
 class LayerBank:
@@ -289,11 +282,13 @@ class LayerBank:
     # -- creation -----------------------------------------------------------------------------------------
     @classmethod
     def init(cls, model: str, out: str, granularities: Sequence[int] = (2, 3), starts: str = "aligned",
-             overwrite: bool = False, trust_remote_code: bool = False, source_prefix: str = "") -> LayerBank:
+             overwrite: bool = False, trust_remote_code: bool = False, source_prefix: str = "",
+             spans: Sequence[str] = ()) -> LayerBank:
         """Create a bank from a Hugging Face model directory (or hub id, when the network allows).
 
         Each module starts as a copy of the first layer of its span (the BERT-of-Theseus initialisation) and is
-        marked untrained.
+        marked untrained. ``spans`` adds modules over single spans, ``"I-J"`` (or ``"STACK:I-J"`` when the
+        model has several stacks), e.g. the most redundant run of layers of an LLM.
         """
         if starts not in ("aligned", "all"):
             raise UserError(f"--starts must be 'aligned' or 'all', not {starts!r}")
@@ -308,6 +303,7 @@ class LayerBank:
         for g in grans:
             if g > max(depths.values()):
                 raise UserError(f"granularity {g} is deeper than every stack ({depths})")
+        extra = parse_spans(spans, adapter.stacks, depths)
         with atomic_dir(out, overwrite=overwrite) as tmp:
             base_dir = os.path.join(tmp, "base")
             hf_model.save_pretrained(base_dir)
@@ -319,7 +315,7 @@ class LayerBank:
             modules = []
             for stack in adapter.stacks:
                 layers = adapter.layers(hf_model, stack)
-                for i, j in _module_spans(depths[stack], grans, starts):
+                for i, j in module_spans(depths[stack], grans, starts, extra.get(stack, ())):
                     rel = f"modules/{stack}.{i}-{j}.safetensors"
                     layer = layers[i]
                     state = _layer_state(layer, adapter.stack_private_keys(stack))

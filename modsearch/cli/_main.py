@@ -62,7 +62,7 @@ def cmd_bank_init(a) -> int:
 
     bank = LayerBank.init(a.model, a.out, granularities=_ints(a.granularity), starts=a.starts,
                           overwrite=a.overwrite, trust_remote_code=a.trust_remote_code,
-                          source_prefix=a.source_prefix)
+                          source_prefix=a.source_prefix, spans=[t for t in a.spans.split(",") if t.strip()])
     info = bank.info()
     print(f"bank written to {a.out}: {info['architecture']['model_type']}, depths {info['depths']}, "
           f"{len(info['modules'])} untrained modules, {info['plans']['total']:,} plans")
@@ -147,9 +147,9 @@ def cmd_recipe(a) -> int:
         work = out.rstrip("/") + ".work"
         gemma3_270m.convert_base(work, os.path.join(work, "base"), log=lambda m: print(m, flush=True))
         gemma3_270m.prepare_text(data_dir, work, log=lambda m: print(m, flush=True))
-        print(f"recipe gemma3-270m: base model in {work}/base, text in {data_dir} and {work}/data. The bank and "
-              f"module-training stages are not part of the recipe yet: modsearch bank init --model {work}/base "
-              f"--out {out} --granularity 2,3")
+        gemma3_270m.build_bank(out, work, data_dir, steps=a.bank_steps or gemma3_270m.BANK_STEPS,
+                               log=lambda m: print(m, flush=True))
+        print(f"recipe gemma3-270m done: {out} (search it with: modsearch search studies/gemma3-270m.toml)")
         return 0
     from ..recipes import bible_en_fr
 
@@ -245,12 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
                                     "allows). Each module is initialised as a copy of the first layer of its span "
                                     "(BERT-of-Theseus) and marked untrained; train it with 'modsearch bank train'.",
                         epilog=_examples("modsearch bank init --model ./my-bart --out banks/my-bart --granularity 2,3,6\n"
-                                         "modsearch bank init --model ./my-gpt2 --out banks/g --granularity 2 --starts all"))
+                                         "modsearch bank init --model ./my-gpt2 --out banks/g --granularity 2 --starts all\n"
+                                         "modsearch bank init --model ./my-llm --out banks/l --granularity 2,3 --spans 9-14"))
     s.add_argument("--model", required=True, help="HF model directory or hub id")
     s.add_argument("--out", required=True, help="bank directory to create")
     s.add_argument("--granularity", default="2,3", help="module spans, comma-separated (default 2,3)")
     s.add_argument("--starts", default="aligned", choices=["aligned", "all"],
                    help="aligned: a span-k module at every multiple of k; all: one at every start")
+    s.add_argument("--spans", default="", help="extra single-span modules, I-J comma-separated (STACK:I-J when "
+                                              "the model has several stacks), e.g. 9-14")
     s.add_argument("--source-prefix", default="", help="text the model expects before every source input")
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     s.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off by default)")

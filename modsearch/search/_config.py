@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 
 from .._checks import is_int, is_num, known_keys, need
 from .._errors import UserError
+from ._seeds import CAUSAL_STRATEGIES
 
 __all__ = ["COST_OBJECTIVES", "METRICS", "SAMPLERS", "SEED_STRATEGIES", "Constraint", "StudyConfig"]
 
@@ -88,7 +89,7 @@ SAMPLERS: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 SEED_STRATEGIES = ("teacher", "uniform", "speed-first", "size-first", "drop-alternate", "drop-one")
 #: Strategies a study may list beyond the defaults (they need the bank's model and the dev texts).
-EXTRA_SEED_STRATEGIES = ("block-influence",)
+EXTRA_SEED_STRATEGIES = CAUSAL_STRATEGIES
 _SECTIONS = {
     "data": {"path", "source_field", "target_field", "text_field", "limit"},
     "task": {"task", "metric", "num_beams", "max_new_tokens", "batch_size", "max_source_tokens", "source_prefix",

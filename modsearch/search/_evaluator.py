@@ -141,17 +141,15 @@ class PlanEvaluator:
             return None
         if not cached and self.cache:
             self.cache.log("start", "plan", str(plan))
-        model = None
         if quality is None:
-            model = self._assemble(plan)
-            quality = self._score(plan, model)
+            # A view of the bank's tensors: nothing of the base model is copied per trial.
+            quality = self._score(plan, self._assemble(plan, share_weights=True))
             self.counts["quality"] += 1
             if self.cache:
                 self.cache.put("quality", self.quality_key(plan), quality)
         if cost is None and self.target is not None:
-            if need_latency:
-                model = model if model is not None else self._assemble(plan)
-            cost = self._cost(plan, model, need_latency)
+            # Timing (and FLOPs counting, which casts in place) gets a deep copy, laid out like an export.
+            cost = self._cost(plan, self._assemble(plan) if need_latency else None, need_latency)
             self.counts["cost"] += 1
             if self.cache:
                 self.cache.put("cost", self.cost_key(plan, need_latency), cost)
@@ -184,10 +182,10 @@ class PlanEvaluator:
     def _cached(self, kind: str, key: dict) -> dict | None:
         return self.cache.get(kind, key) if self.cache else None
 
-    def _assemble(self, plan: AssemblyPlan):
+    def _assemble(self, plan: AssemblyPlan, share_weights: bool = False):
         from ..assembly import assemble
 
-        return assemble(self.bank, plan)
+        return assemble(self.bank, plan, share_weights=share_weights)
 
     def _threads(self) -> int | None:
         """Threads for scoring: a number, None (torch's setting), or "auto" (the cores others leave free)."""

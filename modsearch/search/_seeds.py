@@ -3,6 +3,7 @@ size-first ladders, and layer dropping; each tagged with its strategy."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from .._errors import UserError
@@ -63,7 +64,12 @@ def seed_plans(bank, space: PlanSpace, strategies: Sequence[str],
     - ``drop-one``: each single layer dropped in turn (which single drop hurts least shows in the study).
     - ``block-influence`` (ShortGPT, Men et al. 2024; decoder-only banks): rank layers by Block Influence,
       1 - cos(input, output) on the ``calibration`` texts, and drop the least influential 1/6, 1/4, 1/3 and 1/2
-      of them.
+      of them (at least that share: 5 of 18 for a quarter).
+    - ``sleb`` (SLEB, Song et al. 2024; decoder-only): drop layers greedily, each time the one whose removal
+      gives the lowest perplexity on a few calibration texts, to the same depths.
+    - ``streamline`` (LLM-Streamline, Chen et al. 2024; decoder-only): replace the most redundant contiguous
+      span (the highest cos(input, output)) by one trained module, removing the same shares; only spans the
+      bank has a module for.
 
     A plan proposed by several strategies is listed once, under the first. Plans outside ``space`` (drops
     when drops are off, spans left out) are skipped.
@@ -71,6 +77,12 @@ def seed_plans(bank, space: PlanSpace, strategies: Sequence[str],
     depths, spans = list(space.depths), [set(m) for m in space.modules]
     teacher = tuple(tuple(Block(i, i, LAYER) for i in range(d)) for d in depths)
     found: list[tuple[AssemblyPlan, str]] = []
+    similarity: list = []
+
+    def sim():  # boundary similarities, measured once whichever strategies need them
+        if not similarity:
+            similarity.append(boundary_similarity(bank, calibration))
+        return similarity[0]
 
     def add(stacks, strategy):
         plan = AssemblyPlan(tuple(stacks))
@@ -111,69 +123,144 @@ def seed_plans(bank, space: PlanSpace, strategies: Sequence[str],
                     stacks = list(teacher)
                     stacks[s] = tuple(Block(j, j, DROP if j == i else LAYER) for j in range(d))
                     add(stacks, strategy)
-        elif strategy == "block-influence":
+        elif strategy in CAUSAL_STRATEGIES:
             if bank.kind != "causal":
-                raise UserError("seed strategy block-influence applies to decoder-only banks")
+                raise UserError(f"seed strategy {strategy} applies to decoder-only banks")
             if not calibration:
-                raise UserError("seed strategy block-influence needs calibration texts (the dev set's)")
-            bi = block_influence(bank, calibration)
+                raise UserError(f"seed strategy {strategy} needs calibration texts (the dev set's)")
             depth = depths[0]
-            for frac in BI_FRACTIONS:
-                k = max(1, round(frac * depth))
-                drop = set(sorted(range(depth), key=lambda i: (bi[i], i))[:k])
+            counts = [removed_count(frac, depth) for frac in BI_FRACTIONS]
+            if strategy == "sleb":
+                order = sleb_order(bank, calibration, max(counts))
+                drops = [set(order[:k]) for k in counts]
+            elif strategy == "block-influence":
+                bi = [1.0 - sim()[i][i + 1] for i in range(depth)]
+                drops = [set(sorted(range(depth), key=lambda i: (bi[i], i))[:k]) for k in counts]
+            else:  # streamline: one module over the most redundant span the bank has a module for
+                drops = []
+                for k in counts:
+                    if any(j - i == k for i, j in spans[0]):
+                        i, j = redundant_span(sim(), k, allowed=spans[0])
+                        add([tuple(Block(p, p, LAYER) for p in range(i)) + (Block(i, j, MODULE),)
+                             + tuple(Block(p, p, LAYER) for p in range(j + 1, depth))], strategy)
+            for drop in drops:
                 add([tuple(Block(i, i, DROP if i in drop else LAYER) for i in range(depth))], strategy)
         else:
             raise UserError(f"unknown seed strategy {strategy!r}")
     return found
 
 
+#: Seed strategies for decoder-only banks, measured on calibration text.
+CAUSAL_STRATEGIES = ("block-influence", "sleb", "streamline")
 #: The shares of the layers ShortGPT-style seeds drop (the depths the layer-pruning comparison reports).
 BI_FRACTIONS = (1 / 6, 1 / 4, 1 / 3, 1 / 2)
 
 
-def block_influence(bank, texts: Sequence[str], max_texts: int = 32, max_tokens: int = 256) -> list[float]:
-    """ShortGPT's Block Influence of each layer of a decoder-only bank's teacher: 1 - the mean cosine similarity
-    between the hidden state a layer receives and the one it returns, over every token of up to ``max_texts``
-    calibration texts (each truncated to ``max_tokens``, run one at a time: no padding). Low = the layer changes
-    little, a candidate to drop."""
-    import torch
-
+def boundary_similarity(bank, texts: Sequence[str], max_texts: int = 32, max_tokens: int = 256) -> list[list[float]]:
+    """The mean cosine similarity between the hidden states at every two layer boundaries of a decoder-only
+    bank's teacher (see :func:`layer_similarity`)."""
     from ..assembly import assemble
 
-    model = assemble(bank, bank.teacher_plan())
-    tok = bank.tokenizer
-    layers = bank.adapter.layers(model, bank.stack_names[0])
-    sums, counts = [0.0] * len(layers), [0] * len(layers)
+    model = assemble(bank, bank.teacher_plan(), share_weights=True)
+    return layer_similarity(model, bank.adapter.layers(model, bank.stack_names[0]), bank.tokenizer, texts,
+                            max_texts, max_tokens)
+
+
+def layer_similarity(model, layers, tok, texts: Sequence[str], max_texts: int = 32,
+                     max_tokens: int = 256) -> list[list[float]]:
+    """The mean cosine similarity between the hidden states at every two layer boundaries of a decoder-only
+    model, over every token of up to ``max_texts`` calibration texts (each truncated to ``max_tokens`` and run
+    one at a time: no padding). Boundary ``i`` is what layer ``i`` of ``layers`` receives; boundary ``depth``
+    is what the last layer returns (before the final norm). ``sim[i][j]`` for ``i < j`` is how little layers
+    ``i..j-1`` change the residual stream together: ShortGPT's Block Influence of layer ``i`` is
+    ``1 - sim[i][i + 1]``, LLM-Streamline's redundancy of a span ``i..j-1`` is ``sim[i][j]``."""
+    import torch
+
+    n = len(layers) + 1
+    sums = torch.zeros(n, n, dtype=torch.float64)
+    count = 0
     seen: dict[int, torch.Tensor] = {}
 
-    def hooks(i):
+    def pre_hook(i):
         def pre(_m, args, kwargs):
-            seen[i] = (args[0] if args else kwargs["hidden_states"]).detach()
+            seen[i] = (args[0] if args else kwargs["hidden_states"]).detach()[0].double()
+        return pre
 
-        def post(_m, _args, _kwargs, out):
-            h = out[0] if isinstance(out, tuple) else out
-            cos = torch.nn.functional.cosine_similarity(seen[i].double(), h.double(), dim=-1)
-            sums[i] += float(cos.sum())
-            counts[i] += cos.numel()
+    def post(_m, _args, _kwargs, out):
+        seen[n - 1] = (out[0] if isinstance(out, tuple) else out).detach()[0].double()
 
-        return pre, post
-
-    handles = []
-    for i, layer in enumerate(layers):
-        pre, post = hooks(i)
-        handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
-        handles.append(layer.register_forward_hook(post, with_kwargs=True))
+    handles = [layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    handles.append(layers[-1].register_forward_hook(post, with_kwargs=True))
     try:
         with torch.inference_mode():
             for text in list(texts)[:max_texts]:
                 ids = tok(text, truncation=True, max_length=max_tokens, return_tensors="pt")["input_ids"]
-                model(input_ids=ids)
+                if ids.shape[1] == 0:
+                    continue
+                model.base_model(input_ids=ids)  # the backbone: the LM head is not needed
+                unit = torch.nn.functional.normalize(torch.stack([seen[i] for i in range(n)]), dim=-1)
+                sums += torch.einsum("atd,btd->ab", unit, unit)
+                count += ids.shape[1]
     finally:
         for h in handles:
             h.remove()
-    if not any(counts):
-        raise UserError("block influence: the calibration texts hold no tokens")
-    return [1.0 - s / c for s, c in zip(sums, counts)]
+    if not count:
+        raise UserError("layer similarity: the calibration texts hold no tokens")
+    return (sums / count).tolist()
+
+
+def block_influence(bank, texts: Sequence[str], max_texts: int = 32, max_tokens: int = 256) -> list[float]:
+    """ShortGPT's Block Influence of each layer of a decoder-only bank's teacher: 1 - the mean cosine similarity
+    between the hidden state a layer receives and the one it returns (see :func:`boundary_similarity`). Low =
+    the layer changes little, a candidate to drop."""
+    sim = boundary_similarity(bank, texts, max_texts, max_tokens)
+    return [1.0 - sim[i][i + 1] for i in range(len(sim) - 1)]
+
+
+def removed_count(frac: float, depth: int) -> int:
+    """How many of ``depth`` layers "removing ``frac`` of them" removes: at least that share (4.5 -> 5)."""
+    return max(1, math.ceil(frac * depth - 1e-9))
+
+
+def redundant_span(sim: Sequence[Sequence[float]], removed: int, allowed=None) -> tuple[int, int]:
+    """LLM-Streamline's choice: the ``removed + 1`` contiguous layers ``(i, j)`` whose input and output are the
+    most similar (one trained layer replaces them, so ``removed`` layers go); the earliest on a tie. ``allowed``
+    (a set of spans) limits the choice, e.g. to the spans a bank has modules for."""
+    depth = len(sim) - 1
+    span = removed + 1
+    starts = [a for a in range(depth - span + 1) if allowed is None or (a, a + span - 1) in allowed]
+    if not 2 <= span <= depth or not starts:
+        raise UserError(f"cannot replace {span} of {depth} layers by one module")
+    i = max(starts, key=lambda a: (sim[a][a + span], -a))
+    return i, i + span - 1
+
+
+def sleb_order(bank, texts: Sequence[str], removals: int, max_texts: int = 8, max_tokens: int = 128,
+               log=None) -> list[int]:
+    """SLEB's greedy block elimination (Song et al. 2024): remove, one at a time, the layer whose removal
+    gives the lowest perplexity on the calibration texts, ``removals`` times. Returns the layers in the order
+    they were removed. Costs about ``removals * depth`` perplexity evaluations of ``max_texts`` short texts."""
+    from ..data import DevSet
+    from ..quality._score import QualityTask, score_plan
+
+    depth = bank.depths[0]
+    dev = DevSet.from_lists(list(texts)[:max_texts], task="lm")
+    task = QualityTask("lm", metric="perplexity", max_source_tokens=max_tokens, batch_size=max_texts)
+    removed: list[int] = []
+    for _ in range(min(removals, depth - 1)):
+        best = None
+        for i in range(depth):
+            if i in removed:
+                continue
+            gone = set(removed) | {i}
+            plan = AssemblyPlan((tuple(Block(p, p, DROP if p in gone else LAYER) for p in range(depth)),))
+            ppl = score_plan(bank, plan, dev, task).value
+            if best is None or ppl < best[0]:
+                best = (ppl, i)
+        removed.append(best[1])
+        if log:
+            log(f"SLEB: removed layer {best[1]} (calibration perplexity {best[0]:.2f})")
+    return removed
 
 
 def _spread(n: int) -> list[int]:

@@ -28,9 +28,14 @@ class GPT2Adapter(ArchitectureAdapter):
             if ratio != 1.0:
                 import torch
 
-                with torch.no_grad():  # c_attn is a Conv1D: weight (in, 3·embed), the query first
-                    attn.c_attn.weight[:, : attn.embed_dim].mul_(ratio)
-                    attn.c_attn.bias[: attn.embed_dim].mul_(ratio)
+                # c_attn is a Conv1D: weight (in, 3·embed), the query first. New tensors, not in place: the
+                # layer may be a view of the bank's (assemble(share_weights=True)).
+                for name, cols in (("weight", (slice(None), slice(0, attn.embed_dim))),
+                                   ("bias", (slice(0, attn.embed_dim),))):
+                    old = getattr(attn.c_attn, name)
+                    new = old.detach().clone()
+                    new[cols] *= ratio
+                    setattr(attn.c_attn, name, torch.nn.Parameter(new, requires_grad=old.requires_grad))
 
 
 @register

@@ -1,0 +1,114 @@
+"""The layer-pruning baselines a user of an LLM tries first, as seed strategies, each held to an independent
+oracle: LLM-Streamline's span choice to the hidden states transformers returns, SLEB's greedy removal to
+perplexities computed with transformers' own loss on the assembled models."""
+
+import math
+
+import pytest
+import torch
+
+import tiny
+from modsearch import LayerBank, UserError, assemble
+from modsearch.search._seeds import (BI_FRACTIONS, boundary_similarity, redundant_span, removed_count,
+                                     seed_plans, sleb_order)
+
+TEXTS = ["the a of and to in is that", "for it with as was on be by this are at from", "or an which his her"]
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llm")
+    tiny.save_tiny("llama", str(root / "model"), dec=6)
+    return LayerBank.init(str(root / "model"), str(root / "bank"), granularities=[2], spans=["1-3", "2-4", "0-3"])
+
+
+def test_removed_count_takes_at_least_the_share():
+    assert [removed_count(f, 18) for f in BI_FRACTIONS] == [3, 5, 6, 9]
+    assert [removed_count(f, 6) for f in BI_FRACTIONS] == [1, 2, 2, 3]
+
+
+def test_boundary_similarity_is_the_cosine_of_the_hidden_states(bank):
+    from transformers import AutoModelForCausalLM
+
+    sim = boundary_similarity(bank, TEXTS)
+    model = AutoModelForCausalLM.from_pretrained(bank.base_dir, dtype=torch.float32).eval()
+    sums, n = torch.zeros(6, 6, dtype=torch.float64), 0
+    for text in TEXTS:
+        ids = bank.tokenizer(text, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            hs = model(input_ids=ids, output_hidden_states=True).hidden_states
+        for a in range(6):  # boundaries 0..5; the 6th comes back normalised from transformers
+            for b in range(6):
+                sums[a, b] += torch.nn.functional.cosine_similarity(hs[a][0].double(), hs[b][0].double(), dim=-1).sum()
+        n += ids.shape[1]
+    for a in range(6):
+        for b in range(6):
+            assert sim[a][b] == pytest.approx(float(sums[a, b]) / n, abs=1e-6)
+
+
+def test_redundant_span_is_the_most_similar_run():
+    sim = [[1.0] * 5 for _ in range(5)]
+    sim[0][2], sim[1][3], sim[2][4] = 0.5, 0.9, 0.7
+    assert redundant_span(sim, 1) == (1, 2)
+    assert redundant_span(sim, 1, allowed={(0, 1), (2, 3)}) == (2, 3)
+    with pytest.raises(UserError):
+        redundant_span(sim, 1, allowed={(0, 2)})
+
+
+def test_streamline_seeds_replace_the_most_redundant_span_the_bank_has(bank):
+    sim = boundary_similarity(bank, TEXTS)
+    seeds = seed_plans(bank, bank.space(), ["streamline"], calibration=TEXTS)
+    spans = bank.module_spans()[0]
+    assert seeds and all(s == "streamline" for _, s in seeds)
+    for plan, _ in seeds:
+        modules = [b for b in plan.stacks[0] if b.kind == "module"]
+        assert len(modules) == 1 and all(b.kind == "layer" for b in plan.stacks[0] if b not in modules)
+        m = modules[0]
+        same_length = [(i, j) for i, j in spans if j - i == m.end - m.start]
+        assert sim[m.start][m.end + 1] == max(sim[i][j + 1] for i, j in same_length)
+    assert {b.end - b.start for p, _ in seeds for b in p.stacks[0] if b.kind == "module"} == {1, 2, 3}
+
+
+def _hf_perplexity(bank, plan, texts):
+    model = assemble(bank, plan)
+    total, n = 0.0, 0
+    for text in texts:
+        ids = bank.tokenizer(text, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            total += float(model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1)
+        n += ids.shape[1] - 1
+    return math.exp(total / n)
+
+
+def test_sleb_removes_the_layer_whose_removal_hurts_least_each_time(bank):
+    order = sleb_order(bank, TEXTS, 2)
+    assert len(order) == len(set(order)) == 2
+    gone: list[int] = []
+    for chosen in order:
+        ppl = {i: _hf_perplexity(bank, ",".join(f"x{p}" if p in gone + [i] else str(p) for p in range(6)), TEXTS)
+               for i in range(6) if i not in gone}
+        assert ppl[chosen] <= min(ppl.values()) * (1 + 1e-4), (chosen, ppl)
+        gone.append(chosen)
+    seeds = seed_plans(bank, bank.space(), ["sleb"], calibration=TEXTS)
+    order3 = sleb_order(bank, TEXTS, 3)
+    assert [{b.start for b in p.stacks[0] if b.kind == "drop"} for p, _ in seeds] == \
+        [set(order3[:k]) for k in (1, 2, 3)]
+
+
+def test_llm_strategies_need_a_decoder_only_bank_and_calibration(bank, tmp_path):
+    for strategy in ("sleb", "streamline"):
+        with pytest.raises(UserError, match="calibration"):
+            seed_plans(bank, bank.space(), [strategy])
+    tiny.save_tiny("bart", str(tmp_path / "model"), enc=2, dec=2)
+    b = LayerBank.init(str(tmp_path / "model"), str(tmp_path / "bank"), granularities=[2])
+    with pytest.raises(UserError, match="decoder-only"):
+        seed_plans(b, b.space(), ["sleb"], calibration=TEXTS)
+
+
+def test_bank_init_adds_named_spans_and_refuses_bad_ones(bank, tmp_path):
+    assert {(1, 3), (2, 4), (0, 3), (0, 1), (2, 3), (4, 5)} == set(bank.module_spans()[0])
+    assert bank.space().contains(bank.plan("0,1-3,4,5"))
+    for bad in ("3-3", "4-9", "a-b", "encoder:1-2"):
+        with pytest.raises(UserError, match="span"):
+            LayerBank.init(bank.base_dir, str(tmp_path / "b"), granularities=[2], spans=[bad])
+    assert not (tmp_path / "b").exists()
