@@ -166,6 +166,10 @@ CASES = {
     # dev data
     "dev file missing": (lambda c: c.eval(None, str(c.tmp / "none.jsonl")), "not found"),
     "dev file empty": (lambda c: c.eval(None, c.write("e.jsonl", "\n")), "no examples"),
+    "lm text with no usable documents": (lambda c: ["eval", str(c.base / "bank"), "--plan", GOOD_PLAN, "--data",
+                                                    c.write("t.jsonl", '{"text": ""}\n{"text": "  "}\n'), "--task",
+                                                    "lm", "--text-field", "text", "--save-predictions", c.out],
+                                         "no usable documents"),
     "dev file missing fields": (lambda c: c.eval(None, c.write("f.jsonl", '{"en": "the", "de": "der"}\n')),
                                 "no field 'fr'"),
     "dev file invalid UTF-8": (lambda c: c.eval(None, c.write("u.jsonl", b'{"en": "the\xff", "fr": "le"}\n')),

