@@ -9,7 +9,7 @@ For 1/6, 1/4, 1/3 and 1/2 of the layers removed (at least that share: 3, 5, 6 an
 - **modsearch**: the plan of the finished study with the best *dev* perplexity among those removing at least
   that many layers (chosen on dev, reported on test).
 
-Calibration for the three baselines is the study's dev text, as the study's seeds use it. Every plan is
+Calibration for the three baselines is the study's dev file, as the study's seeds use it. Every plan is
 scored on the test text (``--limit`` chapters, windows of the study's context length and stride). The
 modsearch plans and the teacher are then timed on the study's target in interleaved shuffled rounds
 (modsearch's paired engine) for their speed-up with a 95 % interval; FLOPs come from one counted teacher run.
@@ -59,7 +59,7 @@ def main() -> None:
     bank = LayerBank.load(cfg.bank)
     depth = bank.depths[0]
     task = cfg.quality_task()
-    calibration = list(cfg.load_devset().sources)
+    calibration = cfg.calibration_texts() or list(cfg.load_devset().sources)
     test = task.load_devset(a.test, limit=a.limit)
     say = lambda m: print(m, flush=True)  # noqa: E731
 

@@ -421,6 +421,13 @@ class StudyConfig:
     def load_devset(self):
         return self.quality_task().load_devset(self.data_path, limit=self.data.get("limit"))
 
+    def calibration_texts(self) -> list[str]:
+        """What the decoder-only seed strategies measure layers on: the dev file's texts, regardless of the
+        ``limit`` that bounds scoring (each strategy takes the first few it needs)."""
+        if not any(s in CAUSAL_STRATEGIES for s in self.seed_strategies):
+            return []
+        return list(self.quality_task().load_devset(self.data_path).sources)
+
     def seed_cap(self) -> int | None:
         """How many baseline plans may be enqueued: ``max_share`` of the count budget (distinct plans, else
         trials), at least one (the teacher); None when the budget is a timeout alone."""

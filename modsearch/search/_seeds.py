@@ -235,7 +235,7 @@ def redundant_span(sim: Sequence[Sequence[float]], removed: int, allowed=None) -
     return i, i + span - 1
 
 
-def sleb_order(bank, texts: Sequence[str], removals: int, max_texts: int = 8, max_tokens: int = 128,
+def sleb_order(bank, texts: Sequence[str], removals: int, max_texts: int = 4, max_tokens: int = 128,
                log=None) -> list[int]:
     """SLEB's greedy block elimination (Song et al. 2024): remove, one at a time, the layer whose removal
     gives the lowest perplexity on the calibration texts, ``removals`` times. Returns the layers in the order
