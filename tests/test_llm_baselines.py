@@ -112,3 +112,12 @@ def test_bank_init_adds_named_spans_and_refuses_bad_ones(bank, tmp_path):
         with pytest.raises(UserError, match="span"):
             LayerBank.init(bank.base_dir, str(tmp_path / "b"), granularities=[2], spans=[bad])
     assert not (tmp_path / "b").exists()
+
+
+def test_a_lone_long_module_is_streamline_not_uniform(bank):
+    seeds = seed_plans(bank, bank.space(), ["uniform", "streamline"], calibration=TEXTS)
+    tags = {}
+    for plan, strategy in seeds:
+        tags.setdefault(strategy, []).append(sum(b.kind == "module" for b in plan.stacks[0]))
+    assert tags["uniform"] and all(n >= 2 for n in tags["uniform"])
+    assert tags["streamline"] and all(n == 1 for n in tags["streamline"])

@@ -52,11 +52,12 @@ def _ladder(depth: int, spans: set[tuple[int, int]]) -> list[tuple[Block, ...]]:
 
 
 def seed_plans(bank, space: PlanSpace, strategies: Sequence[str],
-               calibration: Sequence[str] = ()) -> list[tuple[AssemblyPlan, str]]:
+               calibration: Sequence[str] = (), log=None) -> list[tuple[AssemblyPlan, str]]:
     """The baseline plans to evaluate before sampling, each with the strategy that proposed it.
 
     - ``teacher``: every original layer.
-    - ``uniform``: for each module span k the bank has, every stack tiled with k-modules (the rest kept).
+    - ``uniform``: for each module span k the bank has, every stack tiled with k-modules (the rest kept), where
+      that places at least two modules.
     - ``speed-first`` (Modular Transformers): compress the decoder first (it runs once per generated token),
       one step at a time with the most even modules, then the encoder.
     - ``size-first`` (Modular Transformers): compress every stack evenly, step by step.
@@ -72,7 +73,7 @@ def seed_plans(bank, space: PlanSpace, strategies: Sequence[str],
       bank has a module for.
 
     A plan proposed by several strategies is listed once, under the first. Plans outside ``space`` (drops
-    when drops are off, spans left out) are skipped.
+    when drops are off, spans left out) are skipped. ``log`` receives progress lines of the slow ones (SLEB).
     """
     depths, spans = list(space.depths), [set(m) for m in space.modules]
     teacher = tuple(tuple(Block(i, i, LAYER) for i in range(d)) for d in depths)
@@ -102,7 +103,8 @@ def seed_plans(bank, space: PlanSpace, strategies: Sequence[str],
                         blocks.append(b)
                         p = b.end + 1
                     stacks.append(tuple(blocks))
-                add(stacks, strategy)
+                if sum(b.kind == MODULE for st in stacks for b in st) >= 2:  # a lone long span is no tiling
+                    add(stacks, strategy)
         elif strategy == "speed-first":
             ladders = [_ladder(d, s) for d, s in zip(depths, spans)]
             order = list(range(len(depths)))[::-1]  # decoder (last stack) first
@@ -131,7 +133,7 @@ def seed_plans(bank, space: PlanSpace, strategies: Sequence[str],
             depth = depths[0]
             counts = [removed_count(frac, depth) for frac in BI_FRACTIONS]
             if strategy == "sleb":
-                order = sleb_order(bank, calibration, max(counts))
+                order = sleb_order(bank, calibration, max(counts), log=log)
                 drops = [set(order[:k]) for k in counts]
             elif strategy == "block-influence":
                 bi = [1.0 - sim()[i][i + 1] for i in range(depth)]
@@ -259,7 +261,8 @@ def sleb_order(bank, texts: Sequence[str], removals: int, max_texts: int = 4, ma
                 best = (ppl, i)
         removed.append(best[1])
         if log:
-            log(f"SLEB: removed layer {best[1]} (calibration perplexity {best[0]:.2f})")
+            log(f"SLEB {len(removed)}/{min(removals, depth - 1)}: removed layer {best[1]} (calibration perplexity "
+                f"{best[0]:.2f})")
     return removed
 
 
