@@ -6,12 +6,14 @@ For 1/6, 1/4, 1/3 and 1/2 of the layers removed (at least that share: 3, 5, 6 an
 - **SLEB**: drop layers greedily, each time the one whose removal gives the lowest calibration perplexity;
 - **LLM-Streamline**: replace the most redundant contiguous span (highest cos(input, output)) by one trained
   module of the bank;
-- **modsearch**: the plan of the finished study with the best *dev* perplexity among those removing at least
+- **greedy (bank)**: modsearch's ``greedy`` seed, SLEB over the bank: each step takes the drop or module with
+  the smallest rise of calibration log-perplexity per layer removed;
+- **study best**: the plan of the finished study with the best *dev* perplexity among those removing at least
   that many layers (chosen on dev, reported on test).
 
 Calibration for the three baselines is the study's dev file, as the study's seeds use it. Every plan is
 scored on the test text (``--limit`` chapters, windows of the study's context length and stride). The
-modsearch plans and the teacher are then timed on the study's target in interleaved shuffled rounds
+greedy and study plans and the teacher are then timed on the study's target in interleaved shuffled rounds
 (modsearch's paired engine) for their speed-up with a 95 % interval; FLOPs come from one counted teacher run.
 
     python benchmarks/llm_pruning.py studies/gemma3-270m.toml --limit 8 --json benchmarks/results/llm-pruning.json
@@ -51,7 +53,8 @@ def main() -> None:
     from modsearch.quality._score import score_plan
     from modsearch.results import open_results
     from modsearch.search._config import StudyConfig
-    from modsearch.search._seeds import BI_FRACTIONS, boundary_similarity, redundant_span, removed_count, sleb_order
+    from modsearch.search._seeds import (BI_FRACTIONS, boundary_similarity, greedy_path, redundant_span, removed_count,
+                                         sleb_order)
 
     t_start = time.perf_counter()
     cfg = StudyConfig.load(a.study)
@@ -76,6 +79,10 @@ def main() -> None:
     sleb_s = time.perf_counter() - t
     say(f"SLEB order {order} in {sleb_s:.0f} s")
     spans = bank.module_spans()[0]
+    t = time.perf_counter()
+    path = greedy_path(bank, calibration, max(counts), spans=spans, log=say)
+    greedy_s = time.perf_counter() - t
+    say(f"greedy over the bank in {greedy_s:.0f} s")
 
     def removed(plan: str) -> int:
         return depth - bank.plan(plan).depths[0]
@@ -90,6 +97,9 @@ def main() -> None:
             i, j = redundant_span(sim, k, allowed=spans)
             row["streamline"] = str(AssemblyPlan((tuple(Block(q, q, LAYER) for q in range(i)) + (Block(i, j, MODULE),)
                                                   + tuple(Block(q, q, LAYER) for q in range(j + 1, depth)),)))
+        step = next((p for p, n in path if n >= k), None)
+        if step is not None:
+            row["greedy"] = str(step)
         mine = [r for r in trials if removed(r.plan) >= k]
         if mine:
             best = min(mine, key=lambda r: r.get("quality")) if not res.maximize else \
@@ -101,7 +111,7 @@ def main() -> None:
 
     teacher = str(bank.teacher_plan())
     scored: dict[str, float] = {}
-    kinds = ("block_influence", "sleb", "streamline", "modsearch")
+    kinds = ("block_influence", "sleb", "streamline", "greedy", "modsearch")
     todo = [teacher] + [r[k] for r in rows for k in kinds if k in r]
     t = time.perf_counter()
     for plan in dict.fromkeys(todo):
@@ -111,7 +121,7 @@ def main() -> None:
 
     target = HardwareTarget.resolve(cfg.target)
     flops = LayerFlops(bank, target)
-    timed = [teacher] + list(dict.fromkeys(r["modsearch"] for r in rows if "modsearch" in r))
+    timed = [teacher] + list(dict.fromkeys(r[k] for r in rows for k in ("greedy", "modsearch") if k in r))
     steps = []
     for plan in timed:
         model, inputs = prepare(assemble(bank, bank.plan(plan)), target)
@@ -128,8 +138,8 @@ def main() -> None:
     say("")
     say(f"test perplexity on {len(test)} chapters of {os.path.relpath(a.test, ROOT)} (teacher {tp:.2f}); "
         f"x = ratio to the teacher")
-    head = f"{'removed':>9} | {'Block Influence':>16} | {'SLEB':>16} | {'LLM-Streamline':>16} | {'modsearch':>16} | " \
-           f"{'speed-up [95% CI]':>20} | {'FLOPs':>6}"
+    head = f"{'removed':>9} | {'Block Influence':>16} | {'SLEB':>16} | {'LLM-Streamline':>16} | {'greedy (bank)':>16} " \
+           f"| {'study best':>16} | {'greedy speed-up [95% CI]':>24} | {'FLOPs':>6}"
     say(head)
     say("-" * len(head))
     for r in rows:
@@ -137,24 +147,27 @@ def main() -> None:
         for k in kinds:
             v = scored.get(r.get(k))
             cells.append(f"{v:8.1f} ({v / tp:4.2f}x)" if v is not None else f"{'-':>16}")
-        m = r.get("modsearch")
+        m = r.get("greedy")
         sp = speed.get(m)
         sp_txt = f"{sp['speedup']:.2f}x [{sp['low']:.2f}, {sp['high']:.2f}]" if sp else "-"
         fl = f"{flops(m)['total'] / f_teacher:.2f}" if m else "-"
-        say(f"{r['removed']:>3} of {depth:<3} | " + " | ".join(cells) + f" | {sp_txt:>20} | {fl:>6}")
+        say(f"{r['removed']:>3} of {depth:<3} | " + " | ".join(cells) + f" | {sp_txt:>24} | {fl:>6}")
         r.update({f"{k}_test_ppl": scored.get(r.get(k)) for k in kinds})
-        r["speedup"] = sp
+        r["speedup"] = {p: speed.get(r.get(k)) for k, p in (("greedy", "greedy"), ("modsearch", "modsearch"))}
         r["flops_ratio"] = flops(m)["total"] / f_teacher if m else None
     for r in rows:
-        say(f"  {r['removed']} removed: modsearch {r.get('modsearch', '-')} (trial {r.get('modsearch_trial', '-')})")
+        say(f"  {r['removed']} removed: greedy {r.get('greedy', '-')}; study best {r.get('modsearch', '-')} "
+            f"(trial {r.get('modsearch_trial', '-')})")
     say(f"paired timing: {paired['rounds']} rounds in {time_s:.0f} s on {target.name}; SLEB {sleb_s:.0f} s; "
+        f"greedy {greedy_s:.0f} s; "
         f"test scoring {score_s:.0f} s; total {time.perf_counter() - t_start:.0f} s")
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump({"study": a.study, "test": os.path.relpath(a.test, ROOT), "chapters": len(test),
-                       "teacher_test_ppl": tp, "block_influence": bi, "sleb_order": order, "rows": rows,
+                       "teacher_test_ppl": tp, "block_influence": bi, "sleb_order": order,
+                       "greedy_path": [[str(p), n] for p, n in path], "rows": rows,
                        "timing": {"rounds": paired["rounds"], "seconds": time_s, "target": target.name},
-                       "seconds": {"sleb": sleb_s, "scoring": score_s,
+                       "seconds": {"sleb": sleb_s, "greedy": greedy_s, "scoring": score_s,
                                    "total": time.perf_counter() - t_start}}, f, indent=1)
 
 

@@ -121,3 +121,32 @@ def test_a_lone_long_module_is_streamline_not_uniform(bank):
         tags.setdefault(strategy, []).append(sum(b.kind == "module" for b in plan.stacks[0]))
     assert tags["uniform"] and all(n >= 2 for n in tags["uniform"])
     assert tags["streamline"] and all(n == 1 for n in tags["streamline"])
+
+
+def test_greedy_takes_the_change_with_the_least_perplexity_rise_per_removed_layer(bank):
+    from modsearch.search._seeds import greedy_path
+
+    path = greedy_path(bank, TEXTS, 3, spans=bank.module_spans()[0])
+    spans = sorted(bank.module_spans()[0])
+    current = [str(p) for p in range(6)]
+    cur_ppl = _hf_perplexity(bank, ",".join(current), TEXTS)
+    gone = 0
+    for plan, removed in path:
+        options = {}
+        for x, b in enumerate(current):
+            if b.isdigit():
+                options[",".join(current[:x] + [f"x{b}"] + current[x + 1:])] = 1
+        for i, j in spans:
+            run = [x for x, b in enumerate(current) if b.isdigit() and i <= int(b) <= j]
+            if len(run) == j - i + 1:
+                options[",".join(current[:run[0]] + [f"{i}-{j}"] + current[run[-1] + 1:])] = j - i
+        rise = {p: (math.log(_hf_perplexity(bank, p, TEXTS)) - math.log(cur_ppl)) / k for p, k in options.items()}
+        assert rise[str(plan)] <= min(rise.values()) + 1e-4, (str(plan), rise)
+        gone += options[str(plan)]
+        assert removed == gone
+        current = str(plan).split(",")
+        cur_ppl = _hf_perplexity(bank, str(plan), TEXTS)
+    assert gone >= 3
+    seeds = seed_plans(bank, bank.space(), ["greedy"], calibration=TEXTS)
+    assert [str(p) for p, _ in seeds] == list(dict.fromkeys(
+        str(next(p for p, n in path if n >= k)) for k in (1, 2, 2, 3)))

@@ -42,6 +42,8 @@ The command line overrides the common settings (:meth:`StudyConfig.override`).
 
     [seeds]
     strategies = ["teacher", "uniform", "speed-first", "size-first", "drop-alternate", "drop-one"]
+                                         # decoder-only banks also: "greedy", "sleb", "streamline",
+                                         # "block-influence" (measured on the dev file's texts)
     plans = []                           # more plans to evaluate first, in plan notation
     max_share = 0.25                     # baselines take at most this share of the budget (round-robin over
                                          # the strategies, spread within each)

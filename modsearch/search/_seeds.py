@@ -68,6 +68,8 @@ def seed_plans(bank, space: PlanSpace, strategies: Sequence[str],
       of them (at least that share: 5 of 18 for a quarter).
     - ``sleb`` (SLEB, Song et al. 2024; decoder-only): drop layers greedily, each time the one whose removal
       gives the lowest perplexity on a few calibration texts, to the same depths.
+    - ``greedy`` (decoder-only): SLEB over the bank, modules as well as drops: each step takes the change with
+      the smallest rise of calibration log-perplexity per layer removed, to the same depths.
     - ``streamline`` (LLM-Streamline, Chen et al. 2024; decoder-only): replace the most redundant contiguous
       span (the highest cos(input, output)) by one trained module, removing the same shares; only spans the
       bank has a module for.
@@ -135,6 +137,13 @@ def seed_plans(bank, space: PlanSpace, strategies: Sequence[str],
             if strategy == "sleb":
                 order = sleb_order(bank, calibration, max(counts), log=log)
                 drops = [set(order[:k]) for k in counts]
+            elif strategy == "greedy":
+                path = greedy_path(bank, calibration, max(counts), spans=spans[0], drops=space.drops, log=log)
+                for k in counts:
+                    plan = next((p for p, n in path if n >= k), None)
+                    if plan is not None:
+                        add(plan.stacks, strategy)
+                drops = []
             elif strategy == "block-influence":
                 bi = [1.0 - sim()[i][i + 1] for i in range(depth)]
                 drops = [set(sorted(range(depth), key=lambda i: (bi[i], i))[:k]) for k in counts]
@@ -153,7 +162,7 @@ def seed_plans(bank, space: PlanSpace, strategies: Sequence[str],
 
 
 #: Seed strategies for decoder-only banks, measured on calibration text.
-CAUSAL_STRATEGIES = ("block-influence", "sleb", "streamline")
+CAUSAL_STRATEGIES = ("block-influence", "sleb", "streamline", "greedy")
 #: The shares of the layers ShortGPT-style seeds drop (the depths the layer-pruning comparison reports).
 BI_FRACTIONS = (1 / 6, 1 / 4, 1 / 3, 1 / 2)
 
@@ -237,33 +246,60 @@ def redundant_span(sim: Sequence[Sequence[float]], removed: int, allowed=None) -
     return i, i + span - 1
 
 
-def sleb_order(bank, texts: Sequence[str], removals: int, max_texts: int = 4, max_tokens: int = 128,
-               log=None) -> list[int]:
-    """SLEB's greedy block elimination (Song et al. 2024): remove, one at a time, the layer whose removal
-    gives the lowest perplexity on the calibration texts, ``removals`` times. Returns the layers in the order
-    they were removed. Costs about ``removals * depth`` perplexity evaluations of ``max_texts`` short texts."""
+def greedy_path(bank, texts: Sequence[str], removals: int, spans=(), drops: bool = True, max_texts: int = 4,
+                max_tokens: int = 128, log=None, name: str = "greedy") -> list[tuple[AssemblyPlan, int]]:
+    """Greedy removal on a decoder-only bank, from the teacher: at each step apply the one change with the
+    smallest increase of calibration log-perplexity per layer it removes, until ``removals`` layers are gone.
+    The changes: drop a kept original layer (with ``drops``), or put the bank's module over a run of kept
+    original layers (one of ``spans``). With drops alone this is SLEB (each step removes one layer, the one
+    whose removal gives the lowest perplexity). Returns each step's plan with the layers removed so far; costs
+    one perplexity evaluation of ``max_texts`` texts of ``max_tokens`` tokens per candidate and step."""
     from ..data import DevSet
     from ..quality._score import QualityTask, score_plan
 
-    depth = bank.depths[0]
     dev = DevSet.from_lists(list(texts)[:max_texts], task="lm")
     task = QualityTask("lm", metric="perplexity", max_source_tokens=max_tokens, batch_size=max_texts)
-    removed: list[int] = []
-    for _ in range(min(removals, depth - 1)):
+
+    def ppl(blocks) -> float:
+        return score_plan(bank, AssemblyPlan((tuple(blocks),)), dev, task).value
+
+    cur = [Block(p, p, LAYER) for p in range(bank.depths[0])]
+    cur_ppl, gone, path = ppl(cur), 0, []
+    while gone < removals and sum(b.kind != DROP for b in cur) > 1:
+        candidates = []
+        for x, b in enumerate(cur):
+            if drops and b.kind == LAYER:
+                candidates.append((cur[:x] + [Block(b.start, b.start, DROP)] + cur[x + 1:], 1))
+        for i, j in sorted(spans):
+            run = [x for x, b in enumerate(cur) if i <= b.start <= j]
+            if len(run) == j - i + 1 and all(cur[x].kind == LAYER for x in run):
+                candidates.append((cur[:run[0]] + [Block(i, j, MODULE)] + cur[run[-1] + 1:], j - i))
+        if not candidates:
+            break
         best = None
-        for i in range(depth):
-            if i in removed:
-                continue
-            gone = set(removed) | {i}
-            plan = AssemblyPlan((tuple(Block(p, p, DROP if p in gone else LAYER) for p in range(depth)),))
-            ppl = score_plan(bank, plan, dev, task).value
-            if best is None or ppl < best[0]:
-                best = (ppl, i)
-        removed.append(best[1])
+        for blocks, k in candidates:
+            value = ppl(blocks)
+            score = (math.log(value) - math.log(cur_ppl)) / k
+            if best is None or score < best[0]:
+                best = (score, value, blocks, k)
+        _, cur_ppl, cur, k = best
+        gone += k
+        path.append((AssemblyPlan((tuple(cur),)), gone))
         if log:
-            log(f"SLEB {len(removed)}/{min(removals, depth - 1)}: removed layer {best[1]} (calibration perplexity "
-                f"{best[0]:.2f})")
-    return removed
+            log(f"{name}: {gone}/{removals} layers removed: {path[-1][0]} (calibration perplexity {cur_ppl:.2f})")
+    return path
+
+
+def sleb_order(bank, texts: Sequence[str], removals: int, max_texts: int = 4, max_tokens: int = 128,
+               log=None) -> list[int]:
+    """SLEB's greedy block elimination (Song et al. 2024): remove, one at a time, the layer whose removal
+    gives the lowest perplexity on the calibration texts, ``removals`` times (:func:`greedy_path` with drops
+    alone). Returns the layers in the order they were removed."""
+    order: list[int] = []
+    for plan, _ in greedy_path(bank, texts, removals, max_texts=max_texts, max_tokens=max_tokens, log=log,
+                               name="SLEB"):
+        order += [b.start for b in plan.stacks[0] if b.kind == DROP and b.start not in order]
+    return order
 
 
 def _spread(n: int) -> list[int]:
