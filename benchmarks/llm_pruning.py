@@ -49,12 +49,10 @@ def main() -> None:
     from modsearch.cost._measure import LayerFlops, _runner, pinned_threads, prepare, timed_step
     from modsearch.cost._paired import measure_paired, speedup_of
     from modsearch.cost._target import HardwareTarget
-    from modsearch.plan._plan import DROP, LAYER, MODULE, AssemblyPlan, Block
     from modsearch.quality._score import score_plan
     from modsearch.results import open_results
     from modsearch.search._config import StudyConfig
-    from modsearch.search._seeds import (BI_FRACTIONS, boundary_similarity, greedy_path, redundant_span, removed_count,
-                                         sleb_order)
+    from modsearch.search._seeds import boundary_similarity, pruning_plans
 
     t_start = time.perf_counter()
     cfg = StudyConfig.load(a.study)
@@ -66,40 +64,25 @@ def main() -> None:
     test = task.load_devset(a.test, limit=a.limit)
     say = lambda m: print(m, flush=True)  # noqa: E731
 
-    def drops(gone) -> str:
-        return str(AssemblyPlan((tuple(Block(i, i, DROP if i in gone else LAYER) for i in range(depth)),)))
-
     t = time.perf_counter()
     sim = boundary_similarity(bank, calibration)
-    bi = [1.0 - sim[i][i + 1] for i in range(depth)]
-    counts = [removed_count(f, depth) for f in BI_FRACTIONS]
     say(f"boundary similarity on {len(calibration)} dev texts: {time.perf_counter() - t:.0f} s")
-    t = time.perf_counter()
-    order = sleb_order(bank, calibration, max(counts), log=say)
-    sleb_s = time.perf_counter() - t
-    say(f"SLEB order {order} in {sleb_s:.0f} s")
-    spans = bank.module_spans()[0]
-    t = time.perf_counter()
-    path = greedy_path(bank, calibration, max(counts), spans=spans, log=say)
-    greedy_s = time.perf_counter() - t
-    say(f"greedy over the bank in {greedy_s:.0f} s")
+    space, seconds, baselines = bank.space(), {}, {}
+    for name, strategy in (("block_influence", "block-influence"), ("sleb", "sleb"),
+                           ("streamline", "streamline"), ("greedy", "greedy")):
+        t = time.perf_counter()
+        baselines[name] = pruning_plans(bank, space, strategy, calibration, lambda: sim, log=say)
+        seconds[name] = time.perf_counter() - t
+        say(f"{strategy}: {time.perf_counter() - t:.0f} s")
+    counts = sorted({k for plans in baselines.values() for k in plans})
 
     def removed(plan: str) -> int:
         return depth - bank.plan(plan).depths[0]
 
     trials = [r for r in res.trials if r.get("quality") is not None]
     rows = []
-    for k, frac in dict(zip(counts, BI_FRACTIONS)).items():  # one row per depth (small models repeat)
-        row = {"fraction": frac, "removed": k,
-               "block_influence": drops(set(sorted(range(depth), key=lambda i: (bi[i], i))[:k])),
-               "sleb": drops(set(order[:k]))}
-        if any(j - i == k for i, j in spans):
-            i, j = redundant_span(sim, k, allowed=spans)
-            row["streamline"] = str(AssemblyPlan((tuple(Block(q, q, LAYER) for q in range(i)) + (Block(i, j, MODULE),)
-                                                  + tuple(Block(q, q, LAYER) for q in range(j + 1, depth)),)))
-        step = next((p for p, n in path if n >= k), None)
-        if step is not None:
-            row["greedy"] = str(step)
+    for k in counts:
+        row = {"removed": k, **{name: str(plans[k]) for name, plans in baselines.items() if k in plans}}
         mine = [r for r in trials if removed(r.plan) >= k]
         if mine:
             best = min(mine, key=lambda r: r.get("quality")) if not res.maximize else \
@@ -158,16 +141,16 @@ def main() -> None:
     for r in rows:
         say(f"  {r['removed']} removed: greedy {r.get('greedy', '-')}; study best {r.get('modsearch', '-')} "
             f"(trial {r.get('modsearch_trial', '-')})")
-    say(f"paired timing: {paired['rounds']} rounds in {time_s:.0f} s on {target.name}; SLEB {sleb_s:.0f} s; "
-        f"greedy {greedy_s:.0f} s; "
+    say(f"paired timing: {paired['rounds']} rounds in {time_s:.0f} s on {target.name}; SLEB {seconds['sleb']:.0f} "
+        f"s; greedy {seconds['greedy']:.0f} s; "
         f"test scoring {score_s:.0f} s; total {time.perf_counter() - t_start:.0f} s")
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump({"study": a.study, "test": os.path.relpath(a.test, ROOT), "chapters": len(test),
-                       "teacher_test_ppl": tp, "block_influence": bi, "sleb_order": order,
-                       "greedy_path": [[str(p), n] for p, n in path], "rows": rows,
+                       "teacher_test_ppl": tp, "block_influence": [1.0 - sim[i][i + 1] for i in range(depth)],
+                       "rows": rows,
                        "timing": {"rounds": paired["rounds"], "seconds": time_s, "target": target.name},
-                       "seconds": {"sleb": sleb_s, "greedy": greedy_s, "scoring": score_s,
+                       "seconds": {**seconds, "scoring": score_s,
                                    "total": time.perf_counter() - t_start}}, f, indent=1)
 
 

@@ -128,37 +128,49 @@ def seed_plans(bank, space: PlanSpace, strategies: Sequence[str],
                     stacks[s] = tuple(Block(j, j, DROP if j == i else LAYER) for j in range(d))
                     add(stacks, strategy)
         elif strategy in CAUSAL_STRATEGIES:
-            if bank.kind != "causal":
-                raise UserError(f"seed strategy {strategy} applies to decoder-only banks")
-            if not calibration:
-                raise UserError(f"seed strategy {strategy} needs calibration texts (the dev set's)")
-            depth = depths[0]
-            counts = [removed_count(frac, depth) for frac in BI_FRACTIONS]
-            if strategy == "sleb":
-                order = sleb_order(bank, calibration, max(counts), log=log)
-                drops = [set(order[:k]) for k in counts]
-            elif strategy == "greedy":
-                path = greedy_path(bank, calibration, max(counts), spans=spans[0], drops=space.drops, log=log)
-                for k in counts:
-                    plan = next((p for p, n in path if n >= k), None)
-                    if plan is not None:
-                        add(plan.stacks, strategy)
-                drops = []
-            elif strategy == "block-influence":
-                bi = [1.0 - sim()[i][i + 1] for i in range(depth)]
-                drops = [set(sorted(range(depth), key=lambda i: (bi[i], i))[:k]) for k in counts]
-            else:  # streamline: one module over the most redundant span the bank has a module for
-                drops = []
-                for k in counts:
-                    if any(j - i == k for i, j in spans[0]):
-                        i, j = redundant_span(sim(), k, allowed=spans[0])
-                        add([tuple(Block(p, p, LAYER) for p in range(i)) + (Block(i, j, MODULE),)
-                             + tuple(Block(p, p, LAYER) for p in range(j + 1, depth))], strategy)
-            for drop in drops:
-                add([tuple(Block(i, i, DROP if i in drop else LAYER) for i in range(depth))], strategy)
+            for plan in pruning_plans(bank, space, strategy, calibration, sim, log).values():
+                add(plan.stacks, strategy)
         else:
             raise UserError(f"unknown seed strategy {strategy!r}")
     return found
+
+
+def pruning_plans(bank, space: PlanSpace, strategy: str, calibration: Sequence[str], sim=None,
+                  log=None) -> dict[int, AssemblyPlan]:
+    """A decoder-only strategy's plan (``CAUSAL_STRATEGIES``) at each depth of :data:`BI_FRACTIONS`, keyed by
+    the layers it removes (fewer keys when a bank has no plan there, or a small model maps two shares to one
+    count). ``sim`` returns the boundary similarities (measured on ``calibration`` when not given), so callers
+    running several strategies measure them once."""
+    if bank.kind != "causal":
+        raise UserError(f"seed strategy {strategy} applies to decoder-only banks")
+    if not calibration:
+        raise UserError(f"seed strategy {strategy} needs calibration texts (the dev set's)")
+    sim = sim or (lambda: boundary_similarity(bank, calibration))
+    depth, spans = space.depths[0], set(space.modules[0])
+    counts = list(dict.fromkeys(removed_count(frac, depth) for frac in BI_FRACTIONS))
+
+    def layers(a: int, b: int) -> tuple[Block, ...]:
+        return tuple(Block(p, p, LAYER) for p in range(a, b))
+
+    def dropped(gone) -> AssemblyPlan:
+        return AssemblyPlan((tuple(Block(i, i, DROP if i in gone else LAYER) for i in range(depth)),))
+
+    if strategy == "sleb":
+        order = sleb_order(bank, calibration, max(counts), log=log)
+        return {k: dropped(set(order[:k])) for k in counts}
+    if strategy == "block-influence":
+        ranked = sorted(range(depth), key=lambda i: (1.0 - sim()[i][i + 1], i))
+        return {k: dropped(set(ranked[:k])) for k in counts}
+    if strategy == "greedy":
+        path = greedy_path(bank, calibration, max(counts), spans=spans, drops=space.drops, log=log)
+        firsts = {k: next((p for p, n in path if n >= k), None) for k in counts}
+        return {k: p for k, p in firsts.items() if p is not None}
+    out = {}  # streamline: one module over the most redundant span the bank has a module for
+    for k in counts:
+        if any(j - i == k for i, j in spans):
+            i, j = redundant_span(sim(), k, allowed=spans)
+            out[k] = AssemblyPlan((layers(0, i) + (Block(i, j, MODULE),) + layers(j + 1, depth),))
+    return out
 
 
 #: Seed strategies for decoder-only banks, measured on calibration text.
