@@ -88,6 +88,10 @@ class HealConfig:
             raise UserError(f"unknown init {self.init!r}: use bank or copy")
         if self.eval_every < 1 or self.batch_tokens < 1 or self.lr <= 0:
             raise UserError("--eval-every, --batch-tokens and --lr must be positive")
+        weights = (self.w_task, self.w_logits, self.w_hidden, self.w_attn)
+        if min(weights) < 0 or not any(weights):
+            raise UserError("the loss weights --w-task, --w-logits, --w-hidden and --w-attn must be >= 0, one of "
+                            "them positive")
         if self.device.split(":")[0] == "cuda" and not torch.cuda.is_available():
             raise UserError("--device cuda: this machine has no usable CUDA GPU; heal on --device cpu")
         return self

@@ -210,6 +210,8 @@ BAD = {
     "no budget": (lambda r, o: [a for a in _heal_argv(r, o) if a not in ("--steps", "4")], "budget"),
     "unknown trainable": (lambda r, o: _heal_argv(r, o, "--trainable", "some"), "--trainable"),
     "resume without a checkpoint": (lambda r, o: _heal_argv(r, o, "--resume"), "no healing checkpoint"),
+    "no positive loss weight": (lambda r, o: _heal_argv(r, o, "--w-task", "0", "--w-logits", "0", "--w-hidden", "0",
+                                                       "--w-attn", "0"), "loss weights"),
     "bank without --dev": (lambda r, o: ["heal", str(r / "bank"), "--plan", "0,1,2,3/0,1,2,3", "--data",
                                          str(r / "train.jsonl"), "--steps", "2", "--out", str(o)], "--dev"),
 }
@@ -249,8 +251,10 @@ def test_a_decoder_only_bank_heals_against_perplexity(banks, tmp_path):
     out = tmp_path / "healed"
     assert main(["heal", bank.path, "--plan", "0-1,2,3-4,5", "--data", str(tmp_path / "text.jsonl"), "--dev",
                  str(tmp_path / "text.jsonl"), "--task", "lm", "--metric", "perplexity", "--limit", "6",
-                 "--steps", "2", "--eval-every", "1", "--batch-tokens", "64", "--out", str(out)]) == 0
+                 "--steps", "2", "--eval-every", "1", "--batch-tokens", "64", "--w-task", "0", "--out",
+                 str(out)]) == 0
     h = json.loads((out / "assembly.json").read_text())["healing"]
+    assert h["config"]["w_task"] == 0 and h["config"]["w_logits"] == 1  # pure distillation, recorded
     assert h["dev"]["metric"] == "perplexity" and [r["step"] for r in h["history"]] == [0, 1, 2]
     task = QualityTask(**h["dev"]["task"])
     model = AutoModelForCausalLM.from_pretrained(str(out))

@@ -130,6 +130,35 @@ def test_padding_never_changes_a_real_tokens_loss(bank_of, family):
 
 
 @pytest.mark.parametrize("family", tiny.ALL_FAMILIES)
+def test_healing_losses_are_the_deployed_models_own(bank_of, family):
+    """Healing trains a whole assembly (`modsearch heal`): its task CE and logit KL, computed in the training
+    context on a padded batch, equal the ones computed from plain transformers forwards (default attention,
+    outside any context) of the teacher and of a freshly assembled copy. A leak of later tokens or padding into
+    either model would change them; on Gemma-3-270M pure distillation took a plan below its teacher's dev
+    perplexity, which this rules out as an artefact of the healing path."""
+    from modsearch.train._losses import plan_distillation
+
+    bank = bank_of(family)
+    plan = module_plan(bank)
+    inputs, labels = batch(bank)
+    assert labels.eq(-100).any()  # padded
+    m = labels.ne(-100)
+    with torch.no_grad():
+        t = bank.base_model(**inputs, use_cache=False).logits[m]
+        s = assemble(bank, plan)(**inputs, use_cache=False).logits[m]
+    want_kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean").item()
+    want_ce = F.cross_entropy(s, labels[m]).item()
+    model = assemble(bank, plan)
+    slots = {st: list(bank.adapter.layers(model, st)) for st in bank.stack_names}
+    with training_context(bank, model), torch.no_grad():
+        parts, _ = plan_distillation(bank, model, slots, plan, inputs, labels, TrainConfig(w_attn=0.0),
+                                     every_block=True)
+    assert want_kl > 1e-5  # the plan really differs from the teacher
+    assert parts["kl"] == pytest.approx(want_kl, rel=1e-4, abs=1e-6)
+    assert parts["task"] == pytest.approx(want_ce, rel=1e-4)
+
+
+@pytest.mark.parametrize("family", tiny.ALL_FAMILIES)
 def test_assembled_layers_read_the_models_config(bank_of, family):
     bank = bank_of(family)
     model = assemble(bank, module_plan(bank))

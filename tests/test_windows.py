@@ -36,13 +36,14 @@ def _docs(n_docs=5, seed=0):
     return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 140))) for _ in range(n_docs)]
 
 
-def _oracle(model, tok, texts, context, stride):
+def _oracle(model, tok, texts, context, stride, bos=None):
     total, count = 0.0, 0
     for text in texts:
-        ids = tok(text)["input_ids"]
+        ids = tok(text)["input_ids"] if isinstance(text, str) else text
         for begin, end, first in strided_windows(len(ids), context, stride):
+            window = ids[begin:end] if bos is None or begin == 0 else [bos] + ids[begin + 1:end]
             with torch.no_grad():
-                logits = model(input_ids=torch.tensor([ids[begin:end]])).logits[0].double()
+                logits = model(input_ids=torch.tensor([window])).logits[0].double()
             lp = torch.log_softmax(logits, -1)
             for p in range(first, end):
                 total -= float(lp[p - begin - 1, ids[p]])
@@ -61,6 +62,24 @@ def test_windowed_perplexity_equals_the_plain_forward_on_the_same_windows(tmp_pa
     loss, count = _oracle(model, tok, texts, 16, 6)
     assert stats["tokens"] == count and stats["loss"] == pytest.approx(loss, rel=1e-5)
     assert stats["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5) and len(per_doc) == len(texts)
+
+
+def test_windows_of_a_document_that_opens_with_bos_all_open_with_it(tmp_path):
+    """Gemma-style models need their BOS at position 0: a later window of a BOS-led document starts with the BOS
+    (in place of its first, unscored, context token); documents without a leading BOS are windowed as before."""
+    model = tiny.tiny_model("gemma3_text", dec=3)
+    tok = tiny.tiny_tokenizer(str(tmp_path))
+    bos = 2
+    plain = [tok(t)["input_ids"] for t in _docs()]
+    assert all(d[0] != bos for d in plain)
+    led = [[bos] + d for d in plain]
+    stats, _ = windowed_lm_scores(model, led, 16, 6, batch_size=3, pad_id=0, bos_id=bos)
+    loss, count = _oracle(model, tok, led, 16, 6, bos=bos)
+    assert stats["tokens"] == count and stats["loss"] == pytest.approx(loss, rel=1e-5)
+    without, _ = windowed_lm_scores(model, led, 16, 6, batch_size=3, pad_id=0)
+    assert without["tokens"] == count and without["loss"] != pytest.approx(loss, rel=1e-5)  # the BOS is in effect
+    same, _ = windowed_lm_scores(model, plain, 16, 6, batch_size=3, pad_id=0, bos_id=bos)
+    assert same["loss"] == pytest.approx(_oracle(model, tok, plain, 16, 6)[0], rel=1e-5)
 
 
 def test_long_texts_no_longer_overflow_the_positions_and_short_ones_score_as_before(tmp_path):

@@ -43,6 +43,12 @@ def add_heal_parser(sub, fmt, examples) -> None:
     s.add_argument("--warmup", type=int, default=20, help="warm-up steps (default 20)")
     s.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per batch (default 2048)")
     s.add_argument("--max-len", type=int, default=128, help="truncate training sequences to this many tokens")
+    s.add_argument("--w-task", type=float, default=1.0, help="weight of the task cross-entropy on the training "
+                                                             "data (0: pure distillation, the student can only "
+                                                             "approach the teacher, not adapt to the data's domain)")
+    s.add_argument("--w-logits", type=float, default=1.0, help="weight of the logit KL to the teacher")
+    s.add_argument("--w-hidden", type=float, default=1.0, help="weight of the relative hidden-state MSE at every "
+                                                               "kept block's end")
     s.add_argument("--w-attn", type=float, default=1.0, help="weight of the attention KL (0 skips it)")
     s.add_argument("--eval-every", type=int, default=100, help="steps between dev scorings (default 100)")
     s.add_argument("--seed", type=int, default=0)
@@ -70,7 +76,8 @@ def cmd_heal(a) -> int:
     from ..heal import HealConfig, heal
 
     cfg = HealConfig(steps=a.steps, minutes=a.minutes, trainable=a.trainable, lr=a.lr, warmup=a.warmup,
-                     batch_tokens=a.batch_tokens, max_len=a.max_len, w_attn=a.w_attn, eval_every=a.eval_every,
+                     batch_tokens=a.batch_tokens, max_len=a.max_len, w_task=a.w_task, w_logits=a.w_logits,
+                     w_hidden=a.w_hidden, w_attn=a.w_attn, eval_every=a.eval_every,
                      seed=a.seed, threads=a.threads, device=a.device).validate()
     if os.path.exists(a.out) and not a.overwrite:
         raise UserError(f"{a.out} already exists; choose another --out or pass --overwrite")

@@ -425,7 +425,8 @@ def score_quality(model: nn.Module, tokenizer, devset: DevSet, task: QualityTask
                     from ._windows import windowed_lm_scores
 
                     stats, losses = windowed_lm_scores(model, ids, task.context_length, task.stride,
-                                                       task.batch_size, _pad_id(tokenizer))
+                                                       task.batch_size, _pad_id(tokenizer),
+                                                       getattr(tokenizer, "bos_token_id", None))
                 else:
                     stats, losses = _teacher_forced(model, tokenizer, devset, batches, hidden, task)
                 timings["teacher_forced"] = time.perf_counter() - t

@@ -12,7 +12,7 @@ import time
 from .._io import write_json
 
 #: Bump when a change to scoring or costing makes stored evaluations stale.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: lm windows after a document's first begin with its BOS
 
 
 class EvaluationCache:

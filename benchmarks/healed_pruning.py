@@ -1,0 +1,128 @@
+"""Benchmark: what healing buys a chosen Gemma plan, against the same healing of the dropping baseline.
+
+``benchmarks/llm_pruning.py`` compares plans as the bank assembles them. A user ships the chosen plan after
+``modsearch heal`` (the assembled model distilled from the teacher on training text). This script scores
+healed exports on the committed test text with the study's scorer, next to their own plan unhealed (from the
+bank) and the teacher, so each healing is read against its starting point:
+
+    modsearch heal banks/gemma3-270m --plan PLAN --data banks/gemma3-270m.work/data/train-pieces.jsonl \\
+        --dev data/web-en/dev.jsonl --task lm --text-field text --limit 2 --steps 48 --eval-every 8 \\
+        --warmup 8 --max-len 256 --w-task 0 --w-attn 0 --out exports/healed-greedy5
+    python benchmarks/healed_pruning.py studies/gemma3-270m.toml exports/healed-greedy5 exports/healed-sleb5 \\
+        --limit 8 --json benchmarks/results/healed-pruning.json
+
+Healing with ``--w-task 0`` is pure distillation: the student is pulled towards the teacher's distributions,
+so a gain is not the domain adaptation that the training text's cross-entropy would give (which could take a
+student below its teacher and make the ratio meaningless). Each export's ``assembly.json`` says how it was
+healed: steps, tokens, data hash, dev perplexity before and after. No timing here: a healed model has its
+plan's architecture, so its speed-up is its plan's (``llm_pruning.py``).
+
+An independent check of every ratio: plain transformers (``model(ids, labels=ids).loss``, the model loaded
+from its directory, nothing of modsearch in the forward) on the first ``context_length`` tokens of each test
+chapter, for the teacher's base directory and each export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def plain_perplexity(model_dir: str, texts: list[str], length: int) -> float:
+    """exp of the token-weighted mean loss transformers itself reports on each text's first ``length`` tokens."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    total = count = 0.0
+    with torch.inference_mode():
+        for text in texts:
+            ids = tok(text, return_tensors="pt").input_ids[:, :length]
+            n = ids.shape[1] - 1
+            total += model(input_ids=ids, labels=ids).loss.item() * n
+            count += n
+    return math.exp(total / count)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("study", help="the study TOML (its bank, task and scoring)")
+    p.add_argument("exports", nargs="+", help="directories written by `modsearch heal` from the study's bank")
+    p.add_argument("--test", default=os.path.join(ROOT, "data", "web-en", "test.jsonl"))
+    p.add_argument("--limit", type=int, default=8, help="test chapters scored (default 8)")
+    p.add_argument("--json")
+    a = p.parse_args()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from modsearch import LayerBank
+    from modsearch.quality._score import score_plan, score_quality
+    from modsearch.search._config import StudyConfig
+
+    t_start = time.perf_counter()
+    cfg = StudyConfig.load(a.study)
+    bank = LayerBank.load(cfg.bank)
+    task = cfg.quality_task()
+    test = task.load_devset(a.test, limit=a.limit)
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    depth = bank.depths[0]
+
+    teacher = score_plan(bank, bank.teacher_plan(), test, task).value
+    texts = list(test.sources)
+    plain_teacher = plain_perplexity(bank.base_dir, texts, task.context_length)
+    say(f"teacher: test perplexity {teacher:.2f} (plain transformers, first {task.context_length} tokens of each "
+        f"chapter: {plain_teacher:.2f})")
+    rows = []
+    for d in a.exports:
+        with open(os.path.join(d, "assembly.json"), encoding="utf-8") as f:
+            spec = json.load(f)
+        if spec["bank"]["checksum"] != bank.checksum:
+            sys.exit(f"{d} was not exported from {cfg.bank} (bank checksum differs)")
+        heal = spec.get("healing") or {}
+        plan = spec["plan"]
+        before = score_plan(bank, plan, test, task).value
+        model = AutoModelForCausalLM.from_pretrained(d, dtype="auto")
+        after = score_quality(model, AutoTokenizer.from_pretrained(d), test, task).value
+        del model
+        plain = plain_perplexity(d, texts, task.context_length)
+        c = heal.get("config", {})
+        row = {"export": d, "plan": plan, "removed": depth - bank.plan(plan).depths[0],
+               "steps": heal.get("steps"), "best_step": heal.get("best_step"),
+               "tokens_seen": (heal.get("steps") or 0) * c.get("batch_tokens", 0),
+               "weights": {k: c.get(k) for k in ("w_task", "w_logits", "w_hidden", "w_attn")},
+               "trainable": c.get("trainable"), "heal_seconds": heal.get("seconds"),
+               "dev_before": (heal.get("dev") or {}).get("before"), "dev_after": (heal.get("dev") or {}).get("after"),
+               "test_before": before, "test_after": after,
+               "plain_after": plain, "plain_ratio": plain / plain_teacher}
+        rows.append(row)
+        say(f"{d}: removed {row['removed']}, test perplexity {before:.2f} -> {after:.2f} "
+            f"({before / teacher:.2f}x -> {after / teacher:.2f}x the teacher; plain check {plain / plain_teacher:.2f}x); healed {row['steps']} steps, "
+            f"best at {row['best_step']}, {heal.get('seconds')} s, weights {row['weights']}")
+    say("")
+    say(f"test perplexity on {len(test)} chapters of {os.path.relpath(a.test, ROOT)} (teacher {teacher:.2f})")
+    head = f"{'removed':>9} | {'unhealed':>16} | {'healed':>16} | {'plain check':>11} | {'steps (best)':>12} | plan"
+    say(head)
+    say("-" * len(head))
+    for r in sorted(rows, key=lambda r: r["removed"]):
+        say(f"{r['removed']:>3} of {depth:<3} | {r['test_before']:8.1f} ({r['test_before'] / teacher:4.2f}x) | "
+            f"{r['test_after']:8.1f} ({r['test_after'] / teacher:4.2f}x) | {r['plain_ratio']:10.2f}x | "
+            f"{r['steps']:>5} ({r['best_step']:>3})  | "
+            f"{r['plan']}")
+    say(f"total {time.perf_counter() - t_start:.0f} s")
+    if a.json:
+        with open(a.json, "w", encoding="utf-8") as f:
+            json.dump({"study": a.study, "test": os.path.relpath(a.test, ROOT), "chapters": len(test),
+                       "teacher_test_ppl": teacher, "teacher_plain_ppl": plain_teacher, "rows": rows,
+                       "seconds": time.perf_counter() - t_start}, f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
