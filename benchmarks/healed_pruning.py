@@ -33,15 +33,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def plain_perplexity(model_dir: str, texts: list[str], length: int) -> float:
+def plain_perplexity(model, tok, texts: list[str], length: int) -> float:
     """exp of the token-weighted mean loss transformers itself reports on each text's first ``length`` tokens."""
     import math
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     total = count = 0.0
     with torch.inference_mode():
         for text in texts:
@@ -61,6 +58,7 @@ def main() -> None:
     p.add_argument("--json")
     a = p.parse_args()
 
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from modsearch import LayerBank
@@ -77,7 +75,8 @@ def main() -> None:
 
     teacher = score_plan(bank, bank.teacher_plan(), test, task).value
     texts = list(test.sources)
-    plain_teacher = plain_perplexity(bank.base_dir, texts, task.context_length)
+    plain_teacher = plain_perplexity(AutoModelForCausalLM.from_pretrained(bank.base_dir, dtype=torch.float32).eval(),
+                                     AutoTokenizer.from_pretrained(bank.base_dir), texts, task.context_length)
     say(f"teacher: test perplexity {teacher:.2f} (plain transformers, first {task.context_length} tokens of each "
         f"chapter: {plain_teacher:.2f})")
     rows = []
@@ -89,10 +88,11 @@ def main() -> None:
         heal = spec.get("healing") or {}
         plan = spec["plan"]
         before = score_plan(bank, plan, test, task).value
-        model = AutoModelForCausalLM.from_pretrained(d, dtype="auto")
-        after = score_quality(model, AutoTokenizer.from_pretrained(d), test, task).value
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(d)
+        after = score_quality(model, tok, test, task).value
+        plain = plain_perplexity(model.eval(), tok, texts, task.context_length)
         del model
-        plain = plain_perplexity(d, texts, task.context_length)
         c = heal.get("config", {})
         row = {"export": d, "plan": plan, "removed": depth - bank.plan(plan).depths[0],
                "steps": heal.get("steps"), "best_step": heal.get("best_step"),

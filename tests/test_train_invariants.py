@@ -136,6 +136,7 @@ def test_healing_losses_are_the_deployed_models_own(bank_of, family):
     outside any context) of the teacher and of a freshly assembled copy. A leak of later tokens or padding into
     either model would change them; on Gemma-3-270M pure distillation took a plan below its teacher's dev
     perplexity, which this rules out as an artefact of the healing path."""
+    from modsearch.heal import _plan_slots
     from modsearch.train._losses import plan_distillation
 
     bank = bank_of(family)
@@ -149,9 +150,8 @@ def test_healing_losses_are_the_deployed_models_own(bank_of, family):
     want_kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean").item()
     want_ce = F.cross_entropy(s, labels[m]).item()
     model = assemble(bank, plan)
-    slots = {st: list(bank.adapter.layers(model, st)) for st in bank.stack_names}
     with training_context(bank, model), torch.no_grad():
-        parts, _ = plan_distillation(bank, model, slots, plan, inputs, labels, TrainConfig(w_attn=0.0),
+        parts, _ = plan_distillation(bank, model, _plan_slots(bank, model, plan), plan, inputs, labels, TrainConfig(w_attn=0.0),
                                      every_block=True)
     assert want_kl > 1e-5  # the plan really differs from the teacher
     assert parts["kl"] == pytest.approx(want_kl, rel=1e-4, abs=1e-6)
