@@ -192,6 +192,7 @@ CASES = {
     "unknown target": (lambda c: c.eval(None, None, "--target", "tpu-v9"), "tpu-v9"),
     "train --continue on untrained modules": (lambda c: c.train("--continue"), "untrained"),
     "train with an unknown objective": (lambda c: c.train("--objective", "magic"), "unknown --objective 'magic'"),
+    "train with an unknown hidden loss": (lambda c: c.train("--hidden-loss", "cubic"), "unknown --hidden-loss"),
     "train on CUDA without a GPU": (lambda c: c.train("--device", "cuda"), "no usable CUDA GPU"),
     "train data without the bank's fields": (lambda c: c.train(data=c.write("t.jsonl", '{"en": "the", "de": "der"}\n')),
                                              "no field 'fr'"),

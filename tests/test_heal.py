@@ -212,6 +212,7 @@ BAD = {
     "resume without a checkpoint": (lambda r, o: _heal_argv(r, o, "--resume"), "no healing checkpoint"),
     "no positive loss weight": (lambda r, o: _heal_argv(r, o, "--w-task", "0", "--w-logits", "0", "--w-hidden", "0",
                                                        "--w-attn", "0"), "loss weights"),
+    "unknown hidden loss": (lambda r, o: _heal_argv(r, o, "--hidden-loss", "cubic"), "--hidden-loss"),
     "bank without --dev": (lambda r, o: ["heal", str(r / "bank"), "--plan", "0,1,2,3/0,1,2,3", "--data",
                                          str(r / "train.jsonl"), "--steps", "2", "--out", str(o)], "--dev"),
 }

@@ -243,3 +243,59 @@ def test_hidden_objective_lowers_every_modules_loss_without_the_head(model_dirs,
     for e in bank.modules.values():
         assert after[e.name]["dev_distill"] < before[e.name]["dev_distill"], e.name
     assert LayerBank.load(bank.path).manifest["provenance"]["training"]["config"]["objective"] == "hidden"
+
+
+def test_hidden_losses_against_numpy_and_their_invariances():
+    """Each scaling of the hidden-state MSE equals its definition computed in numpy; ``global`` is blind to a
+    dimension's error when another dimension is massive, ``per-dim`` is not (the reason it exists)."""
+    import numpy as np
+
+    from modsearch.train._losses import hidden_mse
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(50, 16, generator=g, dtype=torch.float64)
+    s = t + 0.1 * torch.randn(50, 16, generator=g, dtype=torch.float64)
+    tn, sn = t.numpy(), s.numpy()
+    want_global = ((sn - tn) ** 2).sum() / (tn ** 2).sum()
+    want_dim = (((sn - tn) ** 2).mean(0) / (tn ** 2).mean(0)).mean()
+    assert abs(hidden_mse(s, t, "global").item() - want_global) < 1e-6
+    assert abs(hidden_mse(s, t, "per-dim").item() - want_dim) < 1e-6
+    assert abs(hidden_mse(s, t, "both").item() - (want_global + want_dim)) < 1e-6
+    # Scaling one dimension of both states by 1000 (a massive activation): per-dim does not move, global
+    # then sees almost nothing but that dimension's error.
+    scale = torch.ones(16, dtype=torch.float64)
+    scale[3] = 1000.0
+    assert abs(hidden_mse(s * scale, t * scale, "per-dim").item() - want_dim) < 1e-6
+    only_3 = ((sn[:, 3] - tn[:, 3]) ** 2).sum() / (tn[:, 3] ** 2).sum()
+    assert abs(hidden_mse(s * scale, t * scale, "global").item() - only_3) < 1e-3 * only_3
+    with pytest.raises(ValueError):
+        hidden_mse(s, t, "cubic")
+
+
+def test_the_gemma_recipe_trains_its_bank_in_two_stages(tmp_path):
+    """The recipe's bank stage on a tiny Gemma-3 base: the first stage with the global hidden loss; a bank built
+    without the second stage gets it on a rerun, continuing with both scalings, each stage recorded in the
+    manifest; a further rerun finds both done and changes nothing."""
+    from modsearch.recipes import gemma3_270m
+
+    work, data = tmp_path / "bank.work", tmp_path / "data"
+    tiny.save_tiny("gemma3_text", str(work / "base"))
+    (work / "data").mkdir(parents=True)
+    data.mkdir()
+    words = tiny.WORDS
+    rows = [{"id": f"d{i}", "text": " ".join(random.Random(i).choice(words) for _ in range(40)) + "."}
+            for i in range(12)]
+    (work / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
+    (data / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[8:]))
+    out = str(tmp_path / "bank")
+    gemma3_270m.build_bank(out, str(work), str(data), steps=2, continue_steps=0, log=lambda m: None)
+    assert len(LayerBank.load(out).manifest["provenance"]["training_stages"]) == 1
+    gemma3_270m.build_bank(out, str(work), str(data), steps=2, continue_steps=2, log=lambda m: None)
+    bank = LayerBank.load(out)
+    stages = bank.manifest["provenance"]["training_stages"]
+    assert [(st["stage"], st["steps"], st["config"]["hidden_loss"]) for st in stages] == \
+        [("train", 2, "global"), ("continue", 2, "both")]
+    assert all(e.trained for e in bank.modules.values())
+    before = {k: e.sha256 for k, e in bank.modules.items()}
+    gemma3_270m.build_bank(out, str(work), str(data), steps=2, continue_steps=2, log=lambda m: None)
+    assert {k: e.sha256 for k, e in LayerBank.load(out).modules.items()} == before

@@ -72,6 +72,7 @@ def test_teacher_plan_through_the_training_path_is_the_teacher(bank_of, family):
         as_modules = {(s, i, i): ad.layers(bank.base_model, s)[i] for s in bank.stack_names
                       for i in range(len(ad.layers(bank.base_model, s)))}
         hidden_parts, hidden_per_module = hidden_step(bank, inputs, labels, TrainConfig(), modules=as_modules)
+        both, _ = hidden_step(bank, inputs, labels, TrainConfig(hidden_loss="both"), modules=as_modules)
     assert (s_logits - deployed)[m].abs().max().item() < 1e-4
     for s, t in zip(s_hidden, t_hidden):
         assert torch.equal(s, t)
@@ -81,6 +82,7 @@ def test_teacher_plan_through_the_training_path_is_the_teacher(bank_of, family):
     assert abs(parts["task"] - ce) < 1e-4
     assert len(hidden_per_module) == sum(bank.depths)
     assert hidden_parts["hidden"] < 1e-10 and hidden_parts["attn"] < 1e-6
+    assert both["hidden"] < 1e-10
 
 
 def _logits(bank, student, plan, inputs):

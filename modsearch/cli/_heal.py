@@ -7,6 +7,10 @@ import textwrap
 
 from .._errors import UserError
 
+HIDDEN_LOSS_HELP = ("how the hidden-state MSE is scaled: global (by the teacher state's mean square), per-dim "
+                    "(each dimension by its own, so a few massive dimensions do not drown the rest) or both "
+                    "(their sum); default global")
+
 _DESCRIPTION = (
     "Assemble a plan (a study's trial, the best trial meeting a condition, or a plan of a bank), distil the whole "
     "assembled model from the bank's teacher on training data (task cross-entropy, logit KL, hidden states at "
@@ -49,6 +53,7 @@ def add_heal_parser(sub, fmt, examples) -> None:
     s.add_argument("--w-logits", type=float, default=1.0, help="weight of the logit KL to the teacher")
     s.add_argument("--w-hidden", type=float, default=1.0, help="weight of the relative hidden-state MSE at every "
                                                                "kept block's end")
+    s.add_argument("--hidden-loss", default="global", help=HIDDEN_LOSS_HELP)
     s.add_argument("--w-attn", type=float, default=1.0, help="weight of the attention KL (0 skips it)")
     s.add_argument("--eval-every", type=int, default=100, help="steps between dev scorings (default 100)")
     s.add_argument("--seed", type=int, default=0)
@@ -77,7 +82,7 @@ def cmd_heal(a) -> int:
 
     cfg = HealConfig(steps=a.steps, minutes=a.minutes, trainable=a.trainable, lr=a.lr, warmup=a.warmup,
                      batch_tokens=a.batch_tokens, max_len=a.max_len, w_task=a.w_task, w_logits=a.w_logits,
-                     w_hidden=a.w_hidden, w_attn=a.w_attn, eval_every=a.eval_every,
+                     w_hidden=a.w_hidden, w_attn=a.w_attn, hidden_loss=a.hidden_loss, eval_every=a.eval_every,
                      seed=a.seed, threads=a.threads, device=a.device).validate()
     if os.path.exists(a.out) and not a.overwrite:
         raise UserError(f"{a.out} already exists; choose another --out or pass --overwrite")

@@ -11,7 +11,7 @@ import os
 import sys
 import textwrap
 
-from ._heal import add_heal_parser
+from ._heal import HIDDEN_LOSS_HELP, add_heal_parser
 from ._cost import add_profile_parser
 from ._report import add_report_parser
 from ._search import add_search_parser
@@ -123,7 +123,8 @@ def cmd_bank_train(a) -> int:
         raise UserError(f"bank {a.bank} failed verification before training: {problems[0]}")
     cfg = TrainConfig(steps=a.steps, batch_tokens=a.batch_tokens, max_len=a.max_len, lr=a.lr, warmup=a.warmup,
                       p_start=a.p_start, ramp=a.ramp, w_task=a.w_task, w_logits=a.w_logits, w_hidden=a.w_hidden,
-                      w_attn=a.w_attn, seed=a.seed, eval_every=a.eval_every, eval_size=a.eval_size,
+                      w_attn=a.w_attn, hidden_loss=a.hidden_loss, seed=a.seed, eval_every=a.eval_every,
+                      eval_size=a.eval_size,
                       checkpoint_every=a.checkpoint_every, source_field=a.source_field,
                       target_field=a.target_field, text_field=a.text_field, threads=a.threads,
                       objective=a.objective, chunk_tokens=a.chunk_tokens, device=a.device,
@@ -148,6 +149,7 @@ def cmd_recipe(a) -> int:
         gemma3_270m.convert_base(work, os.path.join(work, "base"), log=lambda m: print(m, flush=True))
         gemma3_270m.prepare_text(data_dir, work, log=lambda m: print(m, flush=True))
         gemma3_270m.build_bank(out, work, data_dir, steps=a.bank_steps or gemma3_270m.BANK_STEPS,
+                               continue_steps=gemma3_270m.CONTINUE_STEPS if a.bank_steps is None else 0,
                                log=lambda m: print(m, flush=True))
         print(f"recipe gemma3-270m done: {out} (search it with: modsearch search studies/gemma3-270m.toml)")
         return 0
@@ -305,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--w-task", type=float, default=1.0, help="weight of the task loss")
     s.add_argument("--w-logits", type=float, default=1.0, help="weight of the logit KL to the teacher")
     s.add_argument("--w-hidden", type=float, default=1.0, help="weight of the relative hidden-state MSE")
+    s.add_argument("--hidden-loss", default="global", help=HIDDEN_LOSS_HELP)
     s.add_argument("--w-attn", type=float, default=1.0, help="weight of the attention KL")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--eval-every", type=int, default=500, help="steps between dev evaluations (0: only at the end)")
@@ -348,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--teacher-minutes", type=float,
                    help="teacher budget in minutes of training steps (default 215; the last 40 anneal the rate to 0)")
     s.add_argument("--bank-steps", type=int, help="module training steps, batches of 2048 tokens (default 1200; "
-                                                  "gemma3-270m: 150)")
+                                                  "gemma3-270m: 150, then 150 more with --hidden-loss both; "
+                                                  "given, the second stage is skipped)")
     s.add_argument("--resume", action="store_true", help="accepted for clarity: every stage always resumes")
     s.set_defaults(func=cmd_recipe)
 

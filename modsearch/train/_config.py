@@ -35,6 +35,7 @@ class TrainConfig:
     w_logits: float = 1.0
     w_hidden: float = 1.0
     w_attn: float = 1.0
+    hidden_loss: str = "global"  # how the hidden-state term is scaled: global, per-dim or both (train._losses)
     clip: float = 1.0
     seed: int = 0
     eval_every: int = 500
@@ -51,6 +52,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         if self.objective not in OBJECTIVES:
             raise UserError(f"unknown --objective {self.objective!r}: use {' or '.join(OBJECTIVES)}")
+        _check_hidden_loss(self.hidden_loss)
         if self.autocast not in ("none", "bf16", "fp16"):
             raise UserError(f"unknown --autocast {self.autocast!r}: use none, bf16 or fp16")
         if self.steps < 1 or self.batch_tokens < 1 or self.chunk_tokens < 0:
@@ -73,6 +75,13 @@ class TrainConfig:
         """Fields (other than runtime ones) whose values differ from a recorded config."""
         mine = asdict(self)
         return sorted(k for k in mine if k not in _RUNTIME_FIELDS and other.get(k, mine[k]) != mine[k])
+
+
+def _check_hidden_loss(how: str) -> None:
+    from ._losses import HIDDEN_LOSSES
+
+    if how not in HIDDEN_LOSSES:
+        raise UserError(f"unknown --hidden-loss {how!r}: use {', '.join(HIDDEN_LOSSES)}")
 
 
 @dataclass

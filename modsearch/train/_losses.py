@@ -1,8 +1,9 @@
 """The distillation losses of one batch, for both objectives, and teacher-forced scoring.
 
 Every term is scale-free, so equal weights give each a comparable pull: task cross-entropy and logit KL are in
-nats per token; the hidden-state term is a *relative* MSE (divided by the teacher state's mean square, so it
-does not grow with the residual stream's norm in deeper layers); the attention term is a KL over keys.
+nats per token; the hidden-state term is a *relative* MSE (:func:`hidden_mse`: divided by the teacher state's
+mean square, so it does not grow with the residual stream's norm in deeper layers); the attention term is a KL
+over keys.
 
 Large vocabularies: the LM head runs on chunks of ``chunk_tokens`` real tokens, each chunk's loss is
 back-propagated to the head's input at once, and only then does the body's backward run. A full-vocabulary
@@ -22,9 +23,28 @@ from ..quality._head import chunk_tokens_for, head_input, head_logits, token_sco
 from ._student import capture
 
 
-def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    teacher = teacher.float()
-    return F.mse_loss(student.float(), teacher) / teacher.pow(2).mean().clamp_min(1e-6)
+HIDDEN_LOSSES = ("global", "per-dim", "both")
+
+
+def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, how: str = "global") -> torch.Tensor:
+    """Relative MSE of hidden states (tokens × dims), scale-free either way:
+
+    - ``global``: the squared error over the teacher state's mean square. Where a few dimensions carry most of
+      the energy (Gemma-3-270M: 8 of 640 hold 82-99 % of it), this term sees little else.
+    - ``per-dim``: each dimension's squared error over that dimension's own mean square (over the tokens), so
+      every dimension counts the same, the massive ones included.
+    - ``both``: their sum.
+    """
+    student, teacher = student.float(), teacher.float()
+    err = (student - teacher).pow(2)
+    out = []
+    if how in ("global", "both"):
+        out.append(err.mean() / teacher.pow(2).mean().clamp_min(1e-6))
+    if how in ("per-dim", "both"):
+        out.append((err / teacher.pow(2).mean(0).clamp_min(1e-6)).mean())
+    if not out:
+        raise ValueError(f"unknown hidden loss {how!r}: use one of {', '.join(HIDDEN_LOSSES)}")
+    return out[0] if len(out) == 1 else out[0] + out[1]
 
 
 def attention_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -110,7 +130,7 @@ def plan_distillation(bank, model, slots, plan, inputs, labels, cfg, backward: b
         for slot, b in enumerate(kept):
             if b.kind != MODULE and not every_block:
                 continue
-            rel = relative_mse(s_hidden[slot][m], t_hidden[b.end][m])
+            rel = hidden_mse(s_hidden[slot][m], t_hidden[b.end][m], cfg.hidden_loss)
             hidden_terms.append(rel)
             local = cfg.w_hidden * rel.item()
             if want_attn and s_attn[slot] is not None and t_attn[b.end] is not None:
@@ -172,7 +192,7 @@ def hidden_step(bank, inputs, labels, cfg, backward: bool = False, modules=None)
         with torch.enable_grad() if backward else torch.no_grad(), _autocast(cfg), \
                 capture([layer], [ad.self_attention(layer)] if want_attn else None) as (out, attn, _):
             layer(*args, **kwargs)
-            rel = relative_mse(out[0][m], t_hidden[j][m])
+            rel = hidden_mse(out[0][m], t_hidden[j][m], cfg.hidden_loss)
             loss = cfg.w_hidden * rel
             a = None
             if want_attn and attn[0] is not None and t_attn[j] is not None:
