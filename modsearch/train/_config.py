@@ -52,7 +52,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         if self.objective not in OBJECTIVES:
             raise UserError(f"unknown --objective {self.objective!r}: use {' or '.join(OBJECTIVES)}")
-        _check_hidden_loss(self.hidden_loss)
+        check_hidden_loss(self.hidden_loss)
         if self.autocast not in ("none", "bf16", "fp16"):
             raise UserError(f"unknown --autocast {self.autocast!r}: use none, bf16 or fp16")
         if self.steps < 1 or self.batch_tokens < 1 or self.chunk_tokens < 0:
@@ -77,7 +77,7 @@ class TrainConfig:
         return sorted(k for k in mine if k not in _RUNTIME_FIELDS and other.get(k, mine[k]) != mine[k])
 
 
-def _check_hidden_loss(how: str) -> None:
+def check_hidden_loss(how: str) -> None:
     from ._losses import HIDDEN_LOSSES
 
     if how not in HIDDEN_LOSSES:
