@@ -153,8 +153,8 @@ def test_healing_losses_are_the_deployed_models_own(bank_of, family):
     want_ce = F.cross_entropy(s, labels[m]).item()
     model = assemble(bank, plan)
     with training_context(bank, model), torch.no_grad():
-        parts, _ = plan_distillation(bank, model, _plan_slots(bank, model, plan), plan, inputs, labels, TrainConfig(w_attn=0.0),
-                                     every_block=True)
+        parts, _ = plan_distillation(bank, model, _plan_slots(bank, model, plan), plan, inputs, labels,
+                                     TrainConfig(w_attn=0.0), every_block=True)
     assert want_kl > 1e-5  # the plan really differs from the teacher
     assert parts["kl"] == pytest.approx(want_kl, rel=1e-4, abs=1e-6)
     assert parts["task"] == pytest.approx(want_ce, rel=1e-4)

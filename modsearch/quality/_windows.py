@@ -11,7 +11,8 @@ window begin with it too, in place of the window's first context token: models t
 0 (Gemma) are far off their training distribution without one (measured on Gemma-3-270M: the teacher's loss on
 the first 16 tokens of a window that starts mid-chapter was 11.7 nats without the BOS, 4.1 on the chapter's
 opening with it), so a window without it scores the window's start, not the model. The head and its
-log-softmax run in chunks (:func:`~modsearch.quality._head.token_scores`), so memory stays bounded by the batch of windows, not by the vocabulary times the document.
+log-softmax run in chunks (:func:`~modsearch.quality._head.token_scores`), so memory stays bounded by the batch
+of windows, not by the vocabulary times the document.
 
 >>> strided_windows(10, context=4, stride=2)
 [(0, 4, 1), (2, 6, 4), (4, 8, 6), (6, 10, 8)]

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from .._errors import UserError
 
 OBJECTIVES = ("logits", "hidden")
+HIDDEN_LOSSES = ("global", "per-dim", "both")  # how the hidden-state MSE is scaled (train._losses.hidden_mse)
 
 #: Fields that change how a run is carried out but not what it computes; a resumed run may change them.
 _RUNTIME_FIELDS = ("threads", "checkpoint_every", "eval_every", "eval_size", "chunk_tokens")
@@ -35,7 +36,7 @@ class TrainConfig:
     w_logits: float = 1.0
     w_hidden: float = 1.0
     w_attn: float = 1.0
-    hidden_loss: str = "global"  # how the hidden-state term is scaled: global, per-dim or both (train._losses)
+    hidden_loss: str = "global"  # one of HIDDEN_LOSSES
     clip: float = 1.0
     seed: int = 0
     eval_every: int = 500
@@ -78,8 +79,6 @@ class TrainConfig:
 
 
 def check_hidden_loss(how: str) -> None:
-    from ._losses import HIDDEN_LOSSES
-
     if how not in HIDDEN_LOSSES:
         raise UserError(f"unknown --hidden-loss {how!r}: use {', '.join(HIDDEN_LOSSES)}")
 

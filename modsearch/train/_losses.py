@@ -18,12 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from ..plan._plan import DROP, MODULE
+from ._config import HIDDEN_LOSSES
 from ._data import stack_masks
 from ..quality._head import chunk_tokens_for, head_input, head_logits, token_scores
 from ._student import capture
-
-
-HIDDEN_LOSSES = ("global", "per-dim", "both")
 
 
 def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, how: str = "global") -> torch.Tensor:
@@ -35,16 +33,16 @@ def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, how: str = "global"
       every dimension counts the same, the massive ones included.
     - ``both``: their sum.
     """
+    if how not in HIDDEN_LOSSES:
+        raise ValueError(f"unknown hidden loss {how!r}: use one of {', '.join(HIDDEN_LOSSES)}")
     student, teacher = student.float(), teacher.float()
     err = (student - teacher).pow(2)
-    out = []
-    if how in ("global", "both"):
-        out.append(err.mean() / teacher.pow(2).mean().clamp_min(1e-6))
-    if how in ("per-dim", "both"):
-        out.append((err / teacher.pow(2).mean(0).clamp_min(1e-6)).mean())
-    if not out:
-        raise ValueError(f"unknown hidden loss {how!r}: use one of {', '.join(HIDDEN_LOSSES)}")
-    return out[0] if len(out) == 1 else out[0] + out[1]
+    terms = []
+    if how != "per-dim":
+        terms.append(err.mean() / teacher.pow(2).mean().clamp_min(1e-6))
+    if how != "global":
+        terms.append((err / teacher.pow(2).mean(0).clamp_min(1e-6)).mean())
+    return sum(terms[1:], terms[0])
 
 
 def attention_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
