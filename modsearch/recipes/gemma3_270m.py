@@ -18,6 +18,7 @@ from it (:func:`modsearch.bank._bank.licence_files`).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -38,12 +39,13 @@ NOTICE = ("Gemma is provided under and subject to the Gemma Terms of Use found a
           "Terms of Use (GEMMA_TERMS.html, section 3.2 and the Prohibited Use Policy it references) apply to every "
           "such model and must be passed on to anyone who receives one.\n")
 
-#: sha256 of every file the conversion writes, measured on two conversions (identical; 2026-12-03, transformers
-#: 5.24.0, gguf 0.19.0, torch 2.13.0+cpu). A mismatch means another package, transformers or gguf version
-#: converted differently: refused, since the bank's hashes would not match.
+#: sha256 of every file the conversion writes (:func:`_model_hashes`: the configs without their version stamp),
+#: measured on two conversions with transformers 5.24.0 and one with 5.25.0 (identical; gguf 0.19.0, torch
+#: 2.13.0+cpu). A mismatch means another package, transformers or gguf version converted differently: refused,
+#: since the bank's hashes would not match.
 BASE_SHA256: dict[str, str] = {
-    "config.json": "b1989e3d48956a24ee4b2622ba51f5d88214655cde7abbebe4b98cbd9e157992",
-    "generation_config.json": "f1bb1cc94b873a8bf2b6eb6b5a9a060551b1c7c7cb6e481cc6664356dd71f3fd",
+    "config.json": "0157c928cfce4ab56fa163741b17c6700fca83aeb0f7805953a46178b4a3a5c2",
+    "generation_config.json": "069d5e0055bb156250e78dc41b9cea6601de16bcb0fb7f9e11f8da8b7de51411",
     "model.safetensors": "cf4e538230192cf987f7ff033d906fd151bbfef797688e662d8214ea3115bf04",
     "tokenizer.json": "3c01ed742c180439796d05b781d1cc02ce30801903444b53a73c57fe9d798a84",
     "tokenizer_config.json": "c3c08343ac70583235acfc45b1dd754b57b186e661d165dbbcb6912ed348fd06",
@@ -66,8 +68,8 @@ def convert_base(work: str, out: str, *, log: Callable[[str], None] = print, che
                  keep_model: bool = False) -> dict:
     """Write Gemma-3-270M as a plain HF directory at ``out`` (atomically), with its terms and a NOTICE.
 
-    Returns ``{"files": {name: sha256}, "gguf_sha256", "seconds": {...}}``. With ``check``, the written files
-    must equal :data:`BASE_SHA256` (when pinned). An existing ``out`` whose files match is kept as it is.
+    Returns ``{"files": {name: sha256}, "pinned": {name: hash as pinned}, "gguf_sha256", "seconds": {...}}``.
+    With ``check``, the written files must equal :data:`BASE_SHA256` (when pinned). An existing ``out`` whose files match is kept as it is.
     ``keep_model`` adds the GGUF-loaded model under ``"model"`` (what the conversion test compares against)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -75,7 +77,7 @@ def convert_base(work: str, out: str, *, log: Callable[[str], None] = print, che
     pkg = _require_extra()
     if os.path.isdir(out) and BASE_SHA256 and _model_hashes(out) == BASE_SHA256:
         log(f"base: {out} is already converted (every file's sha256 matches)")
-        return {"files": _hashes(out), "gguf_sha256": pkg.EXPECTED_SHA256, "seconds": {}}
+        return {"files": _hashes(out), "pinned": BASE_SHA256, "gguf_sha256": pkg.EXPECTED_SHA256, "seconds": {}}
     os.makedirs(work, exist_ok=True)
     t0 = time.perf_counter()
     try:
@@ -117,7 +119,7 @@ def convert_base(work: str, out: str, *, log: Callable[[str], None] = print, che
     seconds["save"] = time.perf_counter() - t0
     log(f"base: written to {out} ({sum(os.path.getsize(os.path.join(out, f)) for f in files) / 1e9:.2f} GB; "
         f"load {seconds['load_model']:.0f} s + tokenizer {seconds['load_tokenizer']:.0f} s + save {seconds['save']:.0f} s)")
-    return {"files": files, "gguf_sha256": pkg.EXPECTED_SHA256, "seconds": seconds,
+    return {"files": files, "pinned": converted, "gguf_sha256": pkg.EXPECTED_SHA256, "seconds": seconds,
             **({"model": model} if keep_model else {})}
 
 
@@ -142,8 +144,23 @@ def _hashes(directory: str) -> dict[str, str]:
 LICENCE_NAMES = ("GEMMA_TERMS.html", "README.upstream.md", "NOTICE")
 
 
+#: Files into which ``save_pretrained`` stamps the writing version (``transformers_version``). The stamp is
+#: left out of their pinned hash: it records who wrote the file, not what the model is, and each transformers
+#: release would otherwise break the pin (5.25.0 did).
+VERSION_STAMPED = ("config.json", "generation_config.json")
+
+
 def _model_hashes(directory: str) -> dict[str, str]:
-    return {f: h for f, h in _hashes(directory).items() if f not in LICENCE_NAMES}
+    """The pinned identity of a converted base: each file's sha256, except the licence files, and the
+    version-stamped configs hashed as canonical JSON without their ``transformers_version``."""
+    out = {f: h for f, h in _hashes(directory).items() if f not in LICENCE_NAMES}
+    for name in VERSION_STAMPED:
+        if name in out:
+            with open(os.path.join(directory, name), encoding="utf-8") as f:
+                cfg = json.load(f)
+            cfg.pop("transformers_version", None)
+            out[name] = hashlib.sha256(json.dumps(cfg, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return out
 
 
 # -- text ------------------------------------------------------------------------------------------------------
