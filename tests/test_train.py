@@ -272,10 +272,10 @@ def test_hidden_losses_against_numpy_and_their_invariances():
         hidden_mse(s, t, "cubic")
 
 
-def test_the_gemma_recipe_trains_its_bank_in_two_stages(tmp_path):
+def test_the_gemma_recipe_trains_its_bank_in_stages(tmp_path):
     """The recipe's bank stage on a tiny Gemma-3 base: the first stage with the global hidden loss; a bank built
-    without the second stage gets it on a rerun, continuing with both scalings, each stage recorded in the
-    manifest; a further rerun finds both done and changes nothing."""
+    with fewer stages gets the missing ones on a rerun, continuing with both scalings, each stage recorded in the
+    manifest with its own config; a further rerun finds all done and changes nothing."""
     from modsearch.recipes import gemma3_270m
 
     work, data = tmp_path / "bank.work", tmp_path / "data"
@@ -288,14 +288,15 @@ def test_the_gemma_recipe_trains_its_bank_in_two_stages(tmp_path):
     (work / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
     (data / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[8:]))
     out = str(tmp_path / "bank")
-    gemma3_270m.build_bank(out, str(work), str(data), steps=2, continue_steps=0, log=lambda m: None)
+    stages = tuple((2, cfg) for _, cfg in gemma3_270m.STAGES)
+    gemma3_270m.build_bank(out, str(work), str(data), stages[:1], log=lambda m: None)
     assert len(LayerBank.load(out).manifest["provenance"]["training_stages"]) == 1
-    gemma3_270m.build_bank(out, str(work), str(data), steps=2, continue_steps=2, log=lambda m: None)
+    gemma3_270m.build_bank(out, str(work), str(data), stages, log=lambda m: None)
     bank = LayerBank.load(out)
-    stages = bank.manifest["provenance"]["training_stages"]
-    assert [(st["stage"], st["steps"], st["config"]["hidden_loss"]) for st in stages] == \
-        [("train", 2, "global"), ("continue", 2, "both")]
+    done = bank.manifest["provenance"]["training_stages"]
+    assert [(st["stage"], st["steps"], st["config"]["hidden_loss"], st["config"]["seed"]) for st in done] == \
+        [("train", 2, "global", 0), ("continue", 2, "both", 0), ("continue", 2, "both", 1)]
     assert all(e.trained for e in bank.modules.values())
     before = {k: e.sha256 for k, e in bank.modules.items()}
-    gemma3_270m.build_bank(out, str(work), str(data), steps=2, continue_steps=2, log=lambda m: None)
+    gemma3_270m.build_bank(out, str(work), str(data), stages, log=lambda m: None)
     assert {k: e.sha256 for k, e in LayerBank.load(out).modules.items()} == before

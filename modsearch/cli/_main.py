@@ -148,9 +148,8 @@ def cmd_recipe(a) -> int:
         work = out.rstrip("/") + ".work"
         gemma3_270m.convert_base(work, os.path.join(work, "base"), log=lambda m: print(m, flush=True))
         gemma3_270m.prepare_text(data_dir, work, log=lambda m: print(m, flush=True))
-        gemma3_270m.build_bank(out, work, data_dir, steps=a.bank_steps or gemma3_270m.BANK_STEPS,
-                               continue_steps=gemma3_270m.CONTINUE_STEPS if a.bank_steps is None else 0,
-                               log=lambda m: print(m, flush=True))
+        stages = gemma3_270m.STAGES if a.bank_steps is None else ((a.bank_steps, gemma3_270m.TRAIN),)
+        gemma3_270m.build_bank(out, work, data_dir, stages, log=lambda m: print(m, flush=True))
         print(f"recipe gemma3-270m done: {out} (search it with: modsearch search studies/gemma3-270m.toml)")
         return 0
     from ..recipes import bible_en_fr
@@ -351,8 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--teacher-minutes", type=float,
                    help="teacher budget in minutes of training steps (default 215; the last 40 anneal the rate to 0)")
     s.add_argument("--bank-steps", type=int, help="module training steps, batches of 2048 tokens (default 1200; "
-                                                  "gemma3-270m: 150, then 150 more with --hidden-loss both; "
-                                                  "given, the second stage is skipped)")
+                                                  "gemma3-270m: 150, then two stages of 150 more with "
+                                                  "--hidden-loss both; given, only the first stage runs)")
     s.add_argument("--resume", action="store_true", help="accepted for clarity: every stage always resumes")
     s.set_defaults(func=cmd_recipe)
 
