@@ -165,8 +165,11 @@ def test_continue_trains_further_as_a_new_stage(model_dirs, tmp_path):
     first = {e.name: e.sha256 for e in trained.modules.values()}
     with pytest.raises(UserError, match="pass --continue"):
         train_bank(trained, data, cfg, progress=False, log=lambda *_: None)
+    logged = []
     train_bank(trained, data, TrainConfig(**{**cfg.__dict__, "steps": 4, "lr": 5e-4}), continue_training=True,
-               progress=False, log=lambda *_: None)
+               progress=False, log=logged.append)
+    # the same seed, data and batch shape draw the first stage's batches again: said, so a user can change --seed
+    assert any("stage 1 trained on the same data with --seed 0" in m for m in logged)
     again = LayerBank.load(bank.path)
     stages = again.manifest["provenance"]["training_stages"]
     assert [s["stage"] for s in stages] == ["train", "continue"]
@@ -177,6 +180,10 @@ def test_continue_trains_further_as_a_new_stage(model_dirs, tmp_path):
     # names and hashes only: no machine path in what the bank records
     assert again.manifest["provenance"]["training"]["data"]["train"]["name"] == "train.jsonl"
     assert str(tmp_path) not in json.dumps(again.manifest)
+    logged = []
+    train_bank(again, data, TrainConfig(**{**cfg.__dict__, "steps": 2, "seed": 1}), continue_training=True,
+               progress=False, log=logged.append)
+    assert not any("same batches" in m for m in logged)
 
 
 @pytest.mark.parametrize("stop_at", ["second module file", "manifest"])

@@ -308,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--w-hidden", type=float, default=1.0, help="weight of the relative hidden-state MSE")
     s.add_argument("--hidden-loss", default="global", help=HIDDEN_LOSS_HELP)
     s.add_argument("--w-attn", type=float, default=1.0, help="weight of the attention KL")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0,
+                   help="data order and sampled students; a --continue stage with an earlier stage's seed (same "
+                        "data and batch shape) draws that stage's batches again, and says so")
     s.add_argument("--eval-every", type=int, default=500, help="steps between dev evaluations (0: only at the end)")
     s.add_argument("--eval-size", type=int, default=200, help="dev examples used for evaluation")
     s.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")

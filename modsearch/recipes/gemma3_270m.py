@@ -69,7 +69,8 @@ def convert_base(work: str, out: str, *, log: Callable[[str], None] = print, che
     """Write Gemma-3-270M as a plain HF directory at ``out`` (atomically), with its terms and a NOTICE.
 
     Returns ``{"files": {name: sha256}, "pinned": {name: hash as pinned}, "gguf_sha256", "seconds": {...}}``.
-    With ``check``, the written files must equal :data:`BASE_SHA256` (when pinned). An existing ``out`` whose files match is kept as it is.
+    With ``check``, the written files must equal :data:`BASE_SHA256` (when pinned). An existing ``out`` whose
+    files match is kept as it is.
     ``keep_model`` adds the GGUF-loaded model under ``"model"`` (what the conversion test compares against)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -315,7 +316,8 @@ def build_bank(out: str, work: str, data_dir: str, stages: tuple = STAGES,
         e.trained for e in bank.modules.values()) else 0
     for k in range(done, len(stages)):
         steps, cfg = stages[k]
-        log(f"bank training stage {k + 1} of {len(stages)}: {steps} steps, hidden loss {cfg.get('hidden_loss', 'global')}")
+        log(f"bank training stage {k + 1} of {len(stages)}: {steps} steps, hidden loss "
+            f"{cfg.get('hidden_loss', 'global')}, seed {cfg.get('seed', 0)}")
         train_bank(bank, pieces["train"], TrainConfig(steps=steps, **cfg), dev_data=pieces["dev"], resume=resume,
                    continue_training=k > 0, log=log)
         bank, resume = LayerBank.load(out), False

@@ -156,6 +156,17 @@ def _data_record(path: str | None, digest: str, rows: int) -> dict:
     return {"name": os.path.basename(path) if path else None, "sha256": digest, "rows": rows}
 
 
+def _replayed_stages(bank, cfg: TrainConfig, data_hash: str) -> list[int]:
+    """Earlier stages (numbered from 1) whose batches a stage with ``cfg`` on this data would draw again: the
+    order depends only on the data, the seed, the batch size in tokens and the length cut."""
+    prov = bank.manifest["provenance"]
+    stages = prov.get("training_stages") or ([prov["training"]] if prov.get("training") else [])
+    keys = ("seed", "batch_tokens", "max_len")
+    return [i + 1 for i, st in enumerate(stages)
+            if st.get("data", {}).get("train", {}).get("sha256") == data_hash
+            and all(st.get("config", {}).get(k) == getattr(cfg, k) for k in keys)]
+
+
 # -- the loop ----------------------------------------------------------------------------------------------
 def train_bank(bank, data: str, cfg: TrainConfig, dev_data: str | None = None, resume: bool = False,
                continue_training: bool = False, progress: bool = True, log=print) -> dict:
@@ -191,6 +202,13 @@ def train_bank(bank, data: str, cfg: TrainConfig, dev_data: str | None = None, r
     dev_hash = sha256_file(dev_data) if dev_data else data_hash
     examples = encode_examples(bank, rows, cfg.max_len, bank.source_prefix)
     dev = encode_examples(bank, dev_rows, cfg.max_len, bank.source_prefix)
+    if continue_training and not resume:
+        replayed = _replayed_stages(bank, cfg, data_hash)
+        if replayed:
+            which = f"stage{'s' * (len(replayed) > 1)} {', '.join(map(str, replayed))}"
+            log(f"note: {which} trained on the same data with --seed {cfg.seed} and the same --batch-tokens and "
+                f"--max-len, so this stage draws the same batches in the same order; pass another --seed to draw "
+                f"others")
 
     bank.base_model.to(cfg.device)
     for key in bank.modules:
