@@ -232,8 +232,8 @@ TRAIN = {"objective": "hidden", "max_len": 256, "batch_tokens": 2048, "lr": 3e-4
 #: dev perplexity (2 chapters) from 39.18: global 32.61, per-dim 40.73, both 28.91.
 CONTINUE = TRAIN | {"warmup": 10, "hidden_loss": "both"}
 #: The bank's training stages, in order: ``(steps, config)``. A stage draws its batches from a shuffle seeded by
-#: ``seed``, so the first two (seed 0) saw the same 150 batches, about 29 % of the train pieces; the third
-#: shuffles with seed 1 and so mostly sees text the modules have not seen.
+#: ``seed``, so the first two (seed 0) saw the same 150 batches, 1,407 of the 4,504 train pieces; the third
+#: shuffles with seed 1: 1,562 pieces, 1,080 of them new.
 STAGES = ((BANK_STEPS, TRAIN), (150, CONTINUE), (150, CONTINUE | {"seed": 1}))
 PIECE_CHARS = 1000
 
