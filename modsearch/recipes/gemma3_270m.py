@@ -76,9 +76,11 @@ def convert_base(work: str, out: str, *, log: Callable[[str], None] = print, che
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     pkg = _require_extra()
-    if os.path.isdir(out) and BASE_SHA256 and _model_hashes(out) == BASE_SHA256:
-        log(f"base: {out} is already converted (every file's sha256 matches)")
-        return {"files": _hashes(out), "pinned": BASE_SHA256, "gguf_sha256": pkg.EXPECTED_SHA256, "seconds": {}}
+    if os.path.isdir(out) and BASE_SHA256:
+        files = _hashes(out)
+        if _model_hashes(out, files) == BASE_SHA256:
+            log(f"base: {out} is already converted (every file's sha256 matches)")
+            return {"files": files, "pinned": BASE_SHA256, "gguf_sha256": pkg.EXPECTED_SHA256, "seconds": {}}
     os.makedirs(work, exist_ok=True)
     t0 = time.perf_counter()
     try:
@@ -109,7 +111,8 @@ def convert_base(work: str, out: str, *, log: Callable[[str], None] = print, che
         shutil.copyfile(os.path.join(data, "README.upstream.md"), os.path.join(tmp, "README.upstream.md"))
         with open(os.path.join(tmp, "NOTICE"), "w", encoding="utf-8") as f:
             f.write(NOTICE)
-        files, converted = _hashes(tmp), _model_hashes(tmp)
+        files = _hashes(tmp)
+        converted = _model_hashes(tmp, files)
         if check and BASE_SHA256:
             wrong = sorted(k for k in set(BASE_SHA256) | set(converted) if BASE_SHA256.get(k) != converted.get(k))
             if wrong:
@@ -151,10 +154,11 @@ LICENCE_NAMES = ("GEMMA_TERMS.html", "README.upstream.md", "NOTICE")
 VERSION_STAMPED = ("config.json", "generation_config.json")
 
 
-def _model_hashes(directory: str) -> dict[str, str]:
-    """The pinned identity of a converted base: each file's sha256, except the licence files, and the
+def _model_hashes(directory: str, files: dict[str, str] | None = None) -> dict[str, str]:
+    """The pinned identity of a converted base: each file's sha256 (from ``files``, :func:`_hashes` of
+    ``directory``, when given: the 1 GB of weights is hashed once), except the licence files, and the
     version-stamped configs hashed as canonical JSON without their ``transformers_version``."""
-    out = {f: h for f, h in _hashes(directory).items() if f not in LICENCE_NAMES}
+    out = {f: h for f, h in (files or _hashes(directory)).items() if f not in LICENCE_NAMES}
     for name in VERSION_STAMPED:
         if name in out:
             with open(os.path.join(directory, name), encoding="utf-8") as f:

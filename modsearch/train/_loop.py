@@ -156,13 +156,20 @@ def _data_record(path: str | None, digest: str, rows: int) -> dict:
     return {"name": os.path.basename(path) if path else None, "sha256": digest, "rows": rows}
 
 
+def _recorded_stages(prov: dict) -> list[dict]:
+    """The training stages a bank's provenance records; a bank from before ``training_stages`` has its one
+    ``training`` record."""
+    if prov.get("training_stages") is not None:
+        return prov["training_stages"]
+    old = prov.get("training")
+    return [old | {"stage": old.get("stage", "train")}] if old else []
+
+
 def _replayed_stages(bank, cfg: TrainConfig, data_hash: str) -> list[int]:
     """Earlier stages (numbered from 1) whose batches a stage with ``cfg`` on this data would draw again: the
     order depends only on the data, the seed, the batch size in tokens and the length cut."""
-    prov = bank.manifest["provenance"]
-    stages = prov.get("training_stages") or ([prov["training"]] if prov.get("training") else [])
     keys = ("seed", "batch_tokens", "max_len")
-    return [i + 1 for i, st in enumerate(stages)
+    return [i + 1 for i, st in enumerate(_recorded_stages(bank.manifest["provenance"]))
             if st.get("data", {}).get("train", {}).get("sha256") == data_hash
             and all(st.get("config", {}).get(k) == getattr(cfg, k) for k in keys)]
 
@@ -298,10 +305,8 @@ def train_bank(bank, data: str, cfg: TrainConfig, dev_data: str | None = None, r
               "train_seconds": round(state.elapsed_s, 1), "history": state.history,
               "data": {"train": _data_record(data, data_hash, len(rows)),
                        "dev": _data_record(dev_data, dev_hash, len(dev))}}
-    previous = bank.manifest["provenance"].get("training_stages")
-    if previous is None:
-        old = bank.manifest["provenance"].get("training")
-        previous = [old | {"stage": old.get("stage", "train")}] if old and mode == "continue" else []
+    prov = bank.manifest["provenance"]
+    previous = _recorded_stages(prov) if mode == "continue" else prov.get("training_stages") or []
     bank.save_modules(states, trained=True, metrics=metrics,
                       provenance={"training": record, "training_stages": previous + [record]})
     shutil.rmtree(os.path.join(bank.path, CKPT_DIR), ignore_errors=True)
