@@ -37,7 +37,7 @@ from .assembly import assemble
 from .export import export_model
 from .plan._plan import DROP, MODULE
 from .train._data import collate, encode_examples, read_examples
-from .train._config import check_hidden_loss
+from .train._config import check_autocast, check_hidden_loss
 from .train._losses import plan_distillation
 from .train._loop import optimizer_moments, restore
 from .train._student import training_context
@@ -91,6 +91,7 @@ class HealConfig:
         if self.eval_every < 1 or self.batch_tokens < 1 or self.lr <= 0:
             raise UserError("--eval-every, --batch-tokens and --lr must be positive")
         check_hidden_loss(self.hidden_loss)
+        check_autocast(self.autocast, self.device)
         weights = (self.w_task, self.w_logits, self.w_hidden, self.w_attn)
         if min(weights) < 0 or not any(weights):
             raise UserError("the loss weights --w-task, --w-logits, --w-hidden and --w-attn must be >= 0, one of "

@@ -209,6 +209,71 @@ def test_chunked_head_losses_and_gradients_equal_the_plain_ones(bank_of, family)
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("family", ["bart", "gemma3_text"])
+def test_a_hidden_only_heal_skips_the_head_and_gets_the_same_gradients(bank_of, family, monkeypatch):
+    """With the task and logit weights zero, healing's loss never runs the LM head (most of a step on a large
+    vocabulary), and its loss and gradients are those of the head-running path with a vanishing logit weight."""
+    from modsearch.heal import _plan_slots
+    from modsearch.train import _losses
+    from modsearch.train._losses import plan_distillation
+
+    bank = bank_of(family)
+    plan = module_plan(bank)
+    inputs, labels = batch(bank)
+    model = assemble(bank, plan)
+    params = [p for p in model.parameters() if p.is_floating_point()]
+
+    def grads(cfg):
+        for p in params:
+            p.requires_grad_(True)
+            p.grad = None
+        with training_context(bank, model):
+            parts, _ = plan_distillation(bank, model, _plan_slots(bank, model, plan), plan, inputs, labels, cfg,
+                                         backward=True, every_block=True)
+        return parts, [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+    near, want = grads(TrainConfig(w_task=0.0, w_logits=1e-12, w_attn=0.0, hidden_loss="both"))
+    calls = []
+    monkeypatch.setattr(_losses, "head_logits", lambda *a: calls.append(a))
+    parts, got = grads(TrainConfig(w_task=0.0, w_logits=0.0, w_attn=0.0, hidden_loss="both"))
+    assert not calls
+    assert parts["hidden"] == pytest.approx(near["hidden"], rel=1e-6) and parts["hidden"] > 0
+    assert any(g.abs().sum() > 0 for g in got)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bart", "gemma3_text"])
+def test_bf16_healing_losses_and_gradients_track_the_fp32_ones(bank_of, family):
+    """``autocast bf16`` runs the forwards and the chunked LM head (its weight cast once) in bf16: the losses
+    and the gradients stay within bf16 rounding of the fp32 ones (oracle: the same step in fp32)."""
+    from modsearch.heal import _plan_slots
+    from modsearch.train._losses import plan_distillation
+
+    bank = bank_of(family)
+    plan = module_plan(bank)
+    inputs, labels = batch(bank)
+    model = assemble(bank, plan)
+    params = [p for n, p in model.named_parameters() if "embed" not in n and "shared" not in n]
+
+    def step(autocast):
+        for p in params:
+            p.requires_grad_(True)
+            p.grad = None
+        with training_context(bank, model):
+            parts, _ = plan_distillation(bank, model, _plan_slots(bank, model, plan), plan, inputs, labels,
+                                         TrainConfig(w_attn=0.0, chunk_tokens=3, autocast=autocast),
+                                         backward=True, every_block=True)
+        return parts, torch.cat([p.grad.flatten() for p in params if p.grad is not None])
+
+    exact, g32 = step("none")
+    low, g16 = step("bf16")
+    assert exact["kl"] > 1e-5 and low["kl"] == pytest.approx(exact["kl"], rel=0.1, abs=1e-3)
+    assert low["task"] == pytest.approx(exact["task"], rel=0.02)
+    assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.99
+    assert g16.norm() == pytest.approx(g32.norm().item(), rel=0.05)
+
+
 def test_gpt2_inverse_layer_scaling_is_exact_after_moving_a_layer(tmp_path):
     """GPT-2 scales attention by 1/(layer_idx+1): a layer moved to another slot must compute what it computed
     at its own index, in the assembled model and after a plain reload."""

@@ -59,6 +59,9 @@ def add_heal_parser(sub, fmt, examples) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     s.add_argument("--device", default="cpu", help="cpu or cuda[:n] (default cpu)")
+    s.add_argument("--autocast", default="none", help="none, bf16 or fp16 (fp16: GPU only): the forwards and the "
+                                                      "LM head in that precision, losses in fp32. bf16 is fast on "
+                                                      "CPUs with AMX or AVX512-BF16, slow on others")
     s.add_argument("--resume", action="store_true", help="continue the run checkpointed in OUT.heal/")
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     s.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the study file's)")
@@ -83,7 +86,7 @@ def cmd_heal(a) -> int:
     cfg = HealConfig(steps=a.steps, minutes=a.minutes, trainable=a.trainable, lr=a.lr, warmup=a.warmup,
                      batch_tokens=a.batch_tokens, max_len=a.max_len, w_task=a.w_task, w_logits=a.w_logits,
                      w_hidden=a.w_hidden, w_attn=a.w_attn, hidden_loss=a.hidden_loss, eval_every=a.eval_every,
-                     seed=a.seed, threads=a.threads, device=a.device).validate()
+                     seed=a.seed, threads=a.threads, device=a.device, autocast=a.autocast).validate()
     if os.path.exists(a.out) and not a.overwrite:
         raise UserError(f"{a.out} already exists; choose another --out or pass --overwrite")
     if os.path.isdir(a.source):

@@ -10,6 +10,7 @@ head.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -51,11 +52,17 @@ def head_input(model: nn.Module, inputs: dict) -> torch.Tensor:
     raise RuntimeError(f"{type(model).__name__}'s forward never reached its output embeddings")
 
 
-def head_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def head_logits(model: nn.Module, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """The logits ``model`` computes from head input ``x``: the LM head, plus what the family adds after it
     (BART's ``final_logits_bias``, Gemma 2/3's final soft-capping). Held equal to the model's own logits on
-    every registered family by the tests."""
-    logits = model.get_output_embeddings()(x)
+    every registered family by the tests. ``weight``: the head's weight already cast to a lower precision
+    (``x`` is cast to it), so that a chunked head casts the (vocabulary-sized) weight once, not per chunk."""
+    head = model.get_output_embeddings()
+    if weight is None:
+        logits = head(x)
+    else:
+        bias = getattr(head, "bias", None)
+        logits = F.linear(x.to(weight.dtype), weight, None if bias is None else bias.to(weight.dtype))
     bias = getattr(model, "final_logits_bias", None)
     if bias is not None:
         logits = logits + bias.to(logits.dtype).view(-1)

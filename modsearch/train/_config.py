@@ -54,8 +54,6 @@ class TrainConfig:
         if self.objective not in OBJECTIVES:
             raise UserError(f"unknown --objective {self.objective!r}: use {' or '.join(OBJECTIVES)}")
         check_hidden_loss(self.hidden_loss)
-        if self.autocast not in ("none", "bf16", "fp16"):
-            raise UserError(f"unknown --autocast {self.autocast!r}: use none, bf16 or fp16")
         if self.steps < 1 or self.batch_tokens < 1 or self.chunk_tokens < 0:
             raise UserError("--steps and --batch-tokens must be positive, --chunk-tokens >= 0")
         dev = self.device.split(":")[0]
@@ -68,14 +66,20 @@ class TrainConfig:
                             "False); train on --device cpu")
         if dev == "mps" and not torch.backends.mps.is_available():
             raise UserError("--device mps: MPS is not available on this machine; train on --device cpu")
-        if self.autocast == "fp16" and dev == "cpu":
-            raise UserError("--autocast fp16 needs a GPU; on the CPU use bf16 or none")
+        check_autocast(self.autocast, self.device)
         return self
 
     def differences(self, other: dict) -> list[str]:
         """Fields (other than runtime ones) whose values differ from a recorded config."""
         mine = asdict(self)
         return sorted(k for k in mine if k not in _RUNTIME_FIELDS and other.get(k, mine[k]) != mine[k])
+
+
+def check_autocast(autocast: str, device: str) -> None:
+    if autocast not in ("none", "bf16", "fp16"):
+        raise UserError(f"unknown --autocast {autocast!r}: use none, bf16 or fp16")
+    if autocast == "fp16" and device.split(":")[0] == "cpu":
+        raise UserError("--autocast fp16 needs a GPU; on the CPU use bf16 or none")
 
 
 def check_hidden_loss(how: str) -> None:

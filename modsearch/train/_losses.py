@@ -55,24 +55,33 @@ def attention_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
 
 
 def head_losses(teacher, student, t_x: torch.Tensor, s_x: torch.Tensor, labels: torch.Tensor, w_task: float,
-                w_logits: float, chunk_tokens: int, backward: bool):
+                w_logits: float, chunk_tokens: int, backward: bool, dtype: torch.dtype | None = None):
     """Task cross-entropy and KL(teacher‖student) over the real tokens, in nats per token, with the LM head run
     ``chunk_tokens`` tokens at a time (0: sized by the vocabulary). With ``backward``, each chunk's weighted loss
     is back-propagated to the student's head input as it is computed; returns (task, kl, (s_x_selected, its
-    gradient or None))."""
-    chunk_tokens = chunk_tokens_for(student, chunk_tokens)
+    gradient or None)). With both weights zero the head is not run at all (both terms are reported as 0): on a
+    large vocabulary it is most of a step's time. ``dtype`` (autocast's): the head's matmuls in that precision,
+    its weights cast once for all chunks; the softmaxes and losses stay fp32."""
     m = labels.ne(-100)
+    t_sel, s_sel = t_x[m], s_x[m]
+    if w_task == 0 and w_logits == 0:
+        return 0.0, 0.0, (s_sel, None)
+    chunk_tokens = chunk_tokens_for(student, chunk_tokens)
     y = labels[m]
     n = max(int(y.numel()), 1)
-    t_sel, s_sel = t_x[m], s_x[m]
     leaf = s_sel.detach().requires_grad_(backward and s_sel.requires_grad)
+    t_w = s_w = None
+    if dtype is not None:
+        t_w = teacher.get_output_embeddings().weight.detach().to(dtype)
+        s_weight = student.get_output_embeddings().weight
+        s_w = t_w if s_weight is teacher.get_output_embeddings().weight else s_weight.to(dtype)
     task = kl = 0.0
     for a in range(0, int(y.numel()), chunk_tokens):
         b = a + chunk_tokens
         with torch.no_grad():
-            t_logp = F.log_softmax(head_logits(teacher, t_sel[a:b]).float(), -1)
+            t_logp = F.log_softmax(head_logits(teacher, t_sel[a:b], t_w).float(), -1)
         with torch.enable_grad() if leaf.requires_grad else contextlib.nullcontext():
-            s_logp = F.log_softmax(head_logits(student, leaf[a:b]).float(), -1)
+            s_logp = F.log_softmax(head_logits(student, leaf[a:b], s_w).float(), -1)
             ce = F.nll_loss(s_logp, y[a:b], reduction="sum")
             kd = F.kl_div(s_logp, t_logp, log_target=True, reduction="sum")
             if leaf.requires_grad:
@@ -83,11 +92,13 @@ def head_losses(teacher, student, t_x: torch.Tensor, s_x: torch.Tensor, labels: 
     return task / n, kl / n, (s_sel, leaf.grad if leaf.requires_grad else None)
 
 
+def _low_precision(cfg) -> torch.dtype | None:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.autocast)
+
+
 def _autocast(cfg):
-    if cfg.autocast == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if cfg.autocast == "bf16" else torch.float16
-    return torch.autocast(cfg.device.split(":")[0], dtype=dtype)
+    dtype = _low_precision(cfg)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(cfg.device.split(":")[0], dtype=dtype)
 
 
 def distillation_step(bank, student, plan, inputs, labels, cfg, backward: bool = False):
@@ -139,7 +150,7 @@ def plan_distillation(bank, model, slots, plan, inputs, labels, cfg, backward: b
     hidden = torch.stack(hidden_terms).sum() if hidden_terms else zero
     attn = torch.stack(attn_terms).sum() if attn_terms else zero
     task, kl, (s_sel, s_grad) = head_losses(teacher, model, t_x, s_x, labels, cfg.w_task, cfg.w_logits,
-                                            cfg.chunk_tokens, backward)
+                                            cfg.chunk_tokens, backward, _low_precision(cfg))
     body = cfg.w_hidden * hidden + cfg.w_attn * attn
     if backward:
         tensors, grads = [], []
