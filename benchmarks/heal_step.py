@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import time
 
 CONFIGS = {"fp32": {"autocast": "none"},
@@ -58,7 +59,7 @@ def main() -> None:
     import torch
 
     from modsearch import LayerBank, assemble
-    from modsearch.cost._paired import interleaved_rounds, ratio_interval
+    from modsearch.cost._paired import interleaved_rounds, ratio_interval, speedup_of
     from modsearch.cost._target import _cpu_model
     from modsearch.data import length_batches
     from modsearch.heal import HealConfig, _plan_slots, trainable_parameters
@@ -102,10 +103,8 @@ def main() -> None:
                                  rng=random.Random(0), on_round=lambda r: print(f"round {r} done", flush=True))
     rows = {}
     for name, times in zip(names, samples):
-        r = ratio_interval(samples[0], times)
-        rows[name] = {"median_s": sorted(times)[len(times) // 2], "seconds": times,
-                      "speedup": 1 / r["ratio"], "low": 1 / r["high"] if r["high"] else 0.0, "high": 1 / r["low"]
-                      if r["low"] else float("inf"), "losses": losses[name]}
+        rows[name] = {"median_s": statistics.median(times), "seconds": times,
+                      **speedup_of(ratio_interval(samples[0], times)), "losses": losses[name]}
         print(f"{name:>7}: {rows[name]['median_s']:.1f} s a step (median), {rows[name]['speedup']:.2f}x fp32 "
               f"[{rows[name]['low']:.2f}, {rows[name]['high']:.2f}]; loss {losses[name]['loss']:.4f} "
               f"(kl {losses[name]['kl']:.4f}, hidden {losses[name]['hidden']:.4f})", flush=True)
