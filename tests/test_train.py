@@ -280,8 +280,8 @@ def test_hidden_losses_against_numpy_and_their_invariances():
 
 
 def test_the_gemma_recipe_trains_its_bank_in_stages(tmp_path):
-    """The recipe's bank stage on a tiny Gemma-3 base: the first stage with the global hidden loss; a bank built
-    with fewer stages gets the missing ones on a rerun, continuing with both scalings, each stage recorded in the
+    """The recipe's bank stage on a tiny Gemma-3 base: two hidden-state stages, then one among the others on the
+    output; a bank built with fewer stages gets the missing ones on a rerun, each stage recorded in the
     manifest with its own config; a further rerun finds all done and changes nothing."""
     from modsearch.recipes import gemma3_270m
 
@@ -301,8 +301,16 @@ def test_the_gemma_recipe_trains_its_bank_in_stages(tmp_path):
     gemma3_270m.build_bank(out, str(work), str(data), stages, log=lambda m: None)
     bank = LayerBank.load(out)
     done = bank.manifest["provenance"]["training_stages"]
-    assert [(st["stage"], st["steps"], st["config"]["hidden_loss"], st["config"]["seed"]) for st in done] == \
-        [("train", 2, "global", 0), ("continue", 2, "both", 0), ("continue", 2, "both", 1)]
+    assert [(st["stage"], st["steps"], st["config"]["objective"], st["config"]["seed"]) for st in done] == \
+        [("train", 2, "hidden", 0), ("continue", 2, "hidden", 1), ("continue", 2, "logits", 2)]
+    assert {st["config"]["hidden_loss"] for st in done} == {"both"}
+    assert {st["config"]["autocast"] for st in done} == {"bf16" if gemma3_270m.native_bf16() else "none"}
+    # Modules from the first third of the depth on, plus LLM-Streamline's spans.
+    first = round(bank.depths[0] / 3)
+    spans = {(k[1], k[2]) for k in bank.modules}
+    assert {(int(a), int(b)) for a, b in (s.split("-") for s in gemma3_270m.bank_spans(bank.depths[0]))} <= spans
+    assert min(i for i, _ in spans - set(map(tuple, bank.manifest["provenance"]["recipe"]["streamline_spans"]))) \
+        >= first
     assert all(e.trained for e in bank.modules.values())
     before = {k: e.sha256 for k, e in bank.modules.items()}
     gemma3_270m.build_bank(out, str(work), str(data), stages, log=lambda m: None)

@@ -293,8 +293,9 @@ class LayerBank:
         if starts not in ("aligned", "all"):
             raise UserError(f"--starts must be 'aligned' or 'all', not {starts!r}")
         grans = sorted(set(int(g) for g in granularities))
-        if not grans or any(g < 2 for g in grans):
-            raise UserError("granularities must be integers >= 2 (a module covers at least two layers)")
+        if (not grans and not spans) or any(g < 2 for g in grans):
+            raise UserError("granularities must be integers >= 2 (a module covers at least two layers), or "
+                            "give the modules' spans")
         if os.path.exists(out) and not overwrite:
             raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
         hf_model, tokenizer = _load_source_model(model, trust_remote_code)

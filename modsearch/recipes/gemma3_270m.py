@@ -219,26 +219,58 @@ def _datacard(splits: dict, hashes: dict) -> str:
 
 
 # -- the bank stage ------------------------------------------------------------------------------------------
-#: Module spans. 2 and 3 at aligned starts: 18 layers divide by both (9 + 6 modules), so a plan can remove
-#: layers one or two at a time anywhere in the stack. 4 and 6 would add few new depths for their training cost.
-#: Beside them, LLM-Streamline's choice for each depth the comparison reports: the contiguous run whose input and
-#: output are the most similar on the dev text, one module replacing 4, 6, 7 and 10 layers (removing 1/6, 1/4,
-#: 1/3 and 1/2 of them), measured by the recipe and recorded in the manifest.
+#: Module spans: 2 and 3 layers at aligned starts, from the first layer at a third of the depth (layer 6 of 18)
+#: on. 18 layers divide by both, so a plan can remove layers one or two at a time anywhere in layers 6-17.
+#: Modules over layers 0-5 were trained in an earlier bank (three stages, 450 steps) and never paid: each alone
+#: in the teacher moved the dev loss from 2.90 to 3.68-8.02 nats, where those over 6-17 gave 2.95-3.53, and
+#: neither the search nor the greedy seed ever chose one (dropping a layer there costs less). Leaving them out
+#: saves a quarter of the training. 4 and 6 would add few new depths for their training cost. Beside them,
+#: LLM-Streamline's choice for each depth the comparison reports: the contiguous run whose input and output are
+#: the most similar on the dev text, one module replacing 4, 6, 7 and 10 layers (removing 1/6, 1/4, 1/3 and 1/2
+#: of them), measured by the recipe and recorded in the manifest.
 GRANULARITIES = (2, 3)
+FIRST_MODULE_SHARE = 1 / 3
 BANK_STEPS = 150
 #: Module training: the hidden-state objective (no 262k-vocabulary head in the loop), text in pieces of about
-#: 1,000 characters (a chapter is 2-4 times longer than ``max_len``; whole chapters would be cut to their start).
-TRAIN = {"objective": "hidden", "max_len": 256, "batch_tokens": 2048, "lr": 3e-4, "warmup": 20,
-         "eval_every": 0, "eval_size": 8, "checkpoint_every": 10, "text_field": "text"}
-#: A second stage continues from the first with the hidden-state error scaled globally *and* per dimension.
-#: 8 of Gemma's 640 residual dimensions hold 82-99 % of the state's energy, so the global scaling alone all but
-#: ignores the rest. Measured on the five modules of the greedy plan with 5 layers removed, 30 more steps each,
-#: dev perplexity (2 chapters) from 39.18: global 32.61, per-dim 40.73, both 28.91.
-CONTINUE = TRAIN | {"warmup": 10, "hidden_loss": "both"}
-#: The bank's training stages, in order: ``(steps, config)``. A stage draws its batches from a shuffle seeded by
-#: ``seed``, so the first two (seed 0) saw the same 150 batches, 1,407 of the 4,504 train pieces; the third
-#: shuffles with seed 1: 1,562 pieces, 1,080 of them new.
-STAGES = ((BANK_STEPS, TRAIN), (150, CONTINUE), (150, CONTINUE | {"seed": 1}))
+#: 1,000 characters (a chapter is 2-4 times longer than ``max_len``; whole chapters would be cut to their
+#: start), the error scaled globally *and* per dimension: 8 of Gemma's 640 residual dimensions hold 82-99 % of
+#: the state's energy, so the global scaling alone all but ignores the rest (measured on an earlier bank: the
+#: five modules of the greedy plan with 5 layers removed, 30 more steps each, took dev perplexity (2 chapters)
+#: from 39.18 to 32.61 with global, 40.73 per-dim, 28.91 both).
+TRAIN = {"objective": "hidden", "hidden_loss": "both", "max_len": 256, "batch_tokens": 2048, "lr": 3e-4,
+         "warmup": 20, "eval_every": 0, "eval_size": 8, "checkpoint_every": 10, "text_field": "text"}
+#: A second hidden stage draws other batches (a stage's order follows from data, seed and batch shape alone).
+CONTINUE = TRAIN | {"warmup": 10, "seed": 1}
+#: The last stage trains the modules *among each other*, on the output: the paper's objective (a student
+#: sampled at every step, the probability of a module replacing its span rising from 0.3 to 1), as pure
+#: distillation (logit KL plus the hidden-state error at the end of every module, no task loss, no attention
+#: term). Each module alone was 0.05-0.22 nats above the teacher in the earlier bank and a plan's errors added
+#: up (five modules: 0.55 nats); here each module learns from the states the modules before it really give.
+IN_CONTEXT = TRAIN | {"objective": "logits", "w_task": 0.0, "w_attn": 0.0, "lr": 2e-4, "warmup": 10, "seed": 2}
+#: The bank's training stages, in order: ``(steps, config)``; each draws its own batches (seeds 0, 1, 2).
+STAGES = ((BANK_STEPS, TRAIN), (100, CONTINUE), (150, IN_CONTEXT))
+
+
+def bank_spans(depth: int) -> list[str]:
+    """The aligned 2- and 3-layer spans of a ``depth``-layer stack that start at or after its first third."""
+    from ..bank._spans import module_spans
+
+    first = round(depth * FIRST_MODULE_SHARE)
+    return [f"{i}-{j}" for i, j in module_spans(depth, GRANULARITIES, "aligned") if i >= first]
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX). Where it does, bf16 matmuls ran 2.2-3x
+    faster than fp32 (measured here on an AVX512-BF16 EPYC and an AMX Xeon); where it does not, 5.7x slower
+    (an AVX2 EPYC; NOTES.md). The stages run in bf16 autocast only where it pays, and record which."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 PIECE_CHARS = 1000
 
 
@@ -290,10 +322,11 @@ def streamline_spans(base_dir: str, dev_path: str, log: Callable[[str], None] = 
 
 def build_bank(out: str, work: str, data_dir: str, stages: tuple = STAGES,
                log: Callable[[str], None] = print) -> str:
-    """Stage ``bank``: a bank on the converted base with the spans above, its modules trained by hidden-state
-    distillation on the train text in ``stages`` (``(steps, config)`` each; the first trains from scratch, the
-    rest continue). A rerun runs the stages the manifest does not record yet, and each is resumable: a killed
-    run continues from ``BANK/.train``."""
+    """Stage ``bank``: a bank on the converted base with the spans above, its modules trained by distillation
+    on the train text in ``stages`` (``(steps, config)`` each; the first trains from scratch, the rest
+    continue), in bf16 autocast where the CPU has bf16 instructions (:func:`native_bf16`). A rerun runs the
+    stages the manifest does not record yet, and each is resumable: a killed run continues from
+    ``BANK/.train`` in the precision it started in."""
     from ..bank._bank import LayerBank
     from ..train import CKPT_DIR, TrainConfig, train_bank
 
@@ -305,9 +338,11 @@ def build_bank(out: str, work: str, data_dir: str, stages: tuple = STAGES,
             log(f"{split} text in pieces: {_write_pieces(src, path):,} -> {path}")
     if not os.path.exists(os.path.join(out, "manifest.json")):
         sim, spans = streamline_spans(base, dev, log)
-        bank = LayerBank.init(base, out, granularities=GRANULARITIES, spans=[f"{i}-{j}" for i, j in spans])
+        depth = len(sim) - 1
+        bank = LayerBank.init(base, out, granularities=(), spans=bank_spans(depth) + [f"{i}-{j}" for i, j in spans])
         bank.manifest["provenance"].update({
             "recipe": {"name": "gemma3-270m", "granularities": list(GRANULARITIES),
+                       "first_module_layer": round(depth * FIRST_MODULE_SHARE),
                        "streamline_spans": [list(s) for s in spans],
                        "boundary_similarity": [[round(v, 6) for v in row] for row in sim]},
             "data": {"train_sha256": sha256_file(pieces["train"]), "dev_sha256": sha256_file(dev)},
@@ -318,10 +353,15 @@ def build_bank(out: str, work: str, data_dir: str, stages: tuple = STAGES,
     resume = os.path.exists(os.path.join(out, CKPT_DIR, "state.json"))
     done = len(bank.manifest["provenance"].get("training_stages") or []) if all(
         e.trained for e in bank.modules.values()) else 0
+    autocast = "bf16" if native_bf16() else "none"
     for k in range(done, len(stages)):
         steps, cfg = stages[k]
-        log(f"bank training stage {k + 1} of {len(stages)}: {steps} steps, hidden loss "
-            f"{cfg.get('hidden_loss', 'global')}, seed {cfg.get('seed', 0)}")
+        cfg = {"autocast": autocast} | cfg
+        if resume:  # a killed stage resumes with the precision it started in
+            with open(os.path.join(out, CKPT_DIR, "state.json"), encoding="utf-8") as f:
+                cfg["autocast"] = json.load(f)["config"].get("autocast", cfg["autocast"])
+        log(f"bank training stage {k + 1} of {len(stages)}: {steps} steps, objective {cfg['objective']}, "
+            f"hidden loss {cfg.get('hidden_loss', 'global')}, seed {cfg.get('seed', 0)}, autocast {cfg['autocast']}")
         train_bank(bank, pieces["train"], TrainConfig(steps=steps, **cfg), dev_data=pieces["dev"], resume=resume,
                    continue_training=k > 0, log=log)
         bank, resume = LayerBank.load(out), False
