@@ -45,7 +45,7 @@ def main() -> None:
 
     import torch
 
-    from modsearch import LayerBank, assemble
+    from modsearch import LayerBank, UserError, assemble
     from modsearch.cost._measure import LayerFlops, _runner, pinned_threads, prepare, timed_step
     from modsearch.cost._paired import measure_paired, speedup_of
     from modsearch.cost._target import HardwareTarget
@@ -56,7 +56,11 @@ def main() -> None:
 
     t_start = time.perf_counter()
     cfg = StudyConfig.load(a.study)
-    res = open_results(a.study)
+    try:
+        res = open_results(a.study)
+    except UserError as exc:  # the comparison stands without the study; its column is then left empty
+        print(f"no finished study to read ({exc}); the study-best column is left out", flush=True)
+        res = None
     bank = LayerBank.load(cfg.bank)
     depth = bank.depths[0]
     task = cfg.quality_task()
@@ -79,7 +83,7 @@ def main() -> None:
     def removed(plan: str) -> int:
         return depth - bank.plan(plan).depths[0]
 
-    trials = [r for r in res.trials if r.get("quality") is not None]
+    trials = [r for r in res.trials if r.get("quality") is not None] if res is not None else []
     rows = []
     for k in counts:
         row = {"removed": k, **{name: str(plans[k]) for name, plans in baselines.items() if k in plans}}

@@ -248,7 +248,7 @@ CONTINUE = TRAIN | {"warmup": 10, "seed": 1}
 #: up (five modules: 0.55 nats); here each module learns from the states the modules before it really give.
 IN_CONTEXT = TRAIN | {"objective": "logits", "w_task": 0.0, "w_attn": 0.0, "lr": 2e-4, "warmup": 10, "seed": 2}
 #: The bank's training stages, in order: ``(steps, config)``; each draws its own batches (seeds 0, 1, 2).
-STAGES = ((BANK_STEPS, TRAIN), (100, CONTINUE), (150, IN_CONTEXT))
+STAGES = ((BANK_STEPS, TRAIN), (100, CONTINUE), (90, IN_CONTEXT))
 
 
 def bank_spans(depth: int) -> list[str]:
