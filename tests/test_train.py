@@ -116,6 +116,41 @@ def test_student_sampling_respects_probability(banks):
     assert len({str(p) for p in full}) > 3  # several granularity mixes
 
 
+def test_a_span_cap_keeps_longer_modules_out_of_students(banks):
+    bank = banks["llama"]
+    spans = {j - i + 1 for s in bank.module_spans() for i, j in s}
+    assert spans == {2, 3}
+    rng = random.Random(0)
+    capped = [sample_student(bank, 1.0, rng, max_span=2) for _ in range(50)]
+    used = {b.end - b.start + 1 for p in capped for s in p.stacks for b in s if b.kind == "module"}
+    assert used == {2}  # p = 1 and a 2-layer module starts everywhere: every student is all 2-layer modules
+    uncapped = [sample_student(bank, 1.0, rng, max_span=3) for _ in range(50)]
+    assert {b.end - b.start + 1 for p in uncapped for s in p.stacks for b in s if b.kind == "module"} == {2, 3}
+
+
+def test_a_capped_stage_trains_the_short_modules_and_leaves_the_long_ones_byte_identical(model_dirs, tmp_path):
+    from modsearch._errors import UserError
+
+    bank = fresh_bank(model_dirs, "llama", tmp_path)
+    data = write_data(tmp_path / "train.jsonl", 64, True)
+    cfg = TrainConfig(**{**CFG.__dict__, "steps": 4, "student_max_span": 2})
+    with pytest.raises(UserError, match="untrained module"):  # a cap would leave the 3-layer modules untrained
+        train_bank(bank, data, cfg, progress=False, log=lambda *_: None)
+    train_bank(bank, data, TrainConfig(**{**CFG.__dict__, "steps": 4}), progress=False, log=lambda *_: None)
+    bank = LayerBank.load(bank.path)
+    before = {k: {n: t.clone() for n, t in bank.module_layer(*k).state_dict().items()} for k in bank.modules}
+    train_bank(bank, data, cfg, continue_training=True, progress=False, log=lambda *_: None)
+    after = LayerBank.load(bank.path)
+    for k in bank.modules:
+        state = after.module_layer(*k).state_dict()
+        same = all(torch.equal(state[n], t) for n, t in before[k].items())
+        assert same == (k[2] - k[1] + 1 > 2), k
+    assert after.manifest["provenance"]["training"]["config"]["student_max_span"] == 2
+    for bad in (dict(student_max_span=-1), dict(student_max_span=2, objective="hidden")):
+        with pytest.raises(UserError, match="student-max-span"):
+            TrainConfig(**bad).validate()
+
+
 def test_resume_refuses_options_that_change_the_run(model_dirs, tmp_path):
     from modsearch._errors import UserError
     from modsearch.train import _loop

@@ -122,7 +122,7 @@ def cmd_bank_train(a) -> int:
     if problems:
         raise UserError(f"bank {a.bank} failed verification before training: {problems[0]}")
     cfg = TrainConfig(steps=a.steps, batch_tokens=a.batch_tokens, max_len=a.max_len, lr=a.lr, warmup=a.warmup,
-                      p_start=a.p_start, ramp=a.ramp, w_task=a.w_task, w_logits=a.w_logits, w_hidden=a.w_hidden,
+                      p_start=a.p_start, ramp=a.ramp, student_max_span=a.student_max_span, w_task=a.w_task, w_logits=a.w_logits, w_hidden=a.w_hidden,
                       w_attn=a.w_attn, hidden_loss=a.hidden_loss, seed=a.seed, eval_every=a.eval_every,
                       eval_size=a.eval_size,
                       checkpoint_every=a.checkpoint_every, source_field=a.source_field,
@@ -303,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=int, default=100, help="warm-up steps")
     s.add_argument("--p-start", type=float, default=0.3, help="initial replacement probability")
     s.add_argument("--ramp", type=float, default=0.7, help="fraction of training over which p rises to 1")
+    s.add_argument("--student-max-span", type=int, default=0,
+                   help="--objective logits: sampled students use only modules of at most this many layers, so the "
+                        "short modules train among each other and longer ones stay as they are (default 0: all)")
     s.add_argument("--w-task", type=float, default=1.0, help="weight of the task loss")
     s.add_argument("--w-logits", type=float, default=1.0, help="weight of the logit KL to the teacher")
     s.add_argument("--w-hidden", type=float, default=1.0, help="weight of the relative hidden-state MSE")

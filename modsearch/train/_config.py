@@ -31,6 +31,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     p_start: float = 0.3
     ramp: float = 0.7
+    student_max_span: int = 0  # sampled students use modules of at most this many layers (0: every module)
     objective: str = "logits"
     w_task: float = 1.0
     w_logits: float = 1.0
@@ -54,8 +55,12 @@ class TrainConfig:
         if self.objective not in OBJECTIVES:
             raise UserError(f"unknown --objective {self.objective!r}: use {' or '.join(OBJECTIVES)}")
         check_hidden_loss(self.hidden_loss)
-        if self.steps < 1 or self.batch_tokens < 1 or self.chunk_tokens < 0:
-            raise UserError("--steps and --batch-tokens must be positive, --chunk-tokens >= 0")
+        if self.student_max_span and self.objective != "logits":
+            raise UserError("--student-max-span shapes the sampled students of --objective logits; the hidden "
+                            "objective samples none")
+        if self.steps < 1 or self.batch_tokens < 1 or self.chunk_tokens < 0 or self.student_max_span < 0:
+            raise UserError("--steps and --batch-tokens must be positive, --chunk-tokens and --student-max-span "
+                            ">= 0")
         dev = self.device.split(":")[0]
         if dev not in ("cpu", "cuda", "mps"):
             raise UserError(f"unknown --device {self.device!r}: use cpu, cuda[:n] or mps")

@@ -195,6 +195,11 @@ def train_bank(bank, data: str, cfg: TrainConfig, dev_data: str | None = None, r
     if continue_training and untrained:
         raise UserError(f"--continue trains trained modules further, but {len(untrained)} module(s) of {bank.path} "
                         f"are untrained ({', '.join(untrained[:4])}); train them first without --continue")
+    longer = sorted(e.name for e in bank.modules.values()
+                    if not e.trained and cfg.student_max_span and e.span > cfg.student_max_span)
+    if longer:
+        raise UserError(f"--student-max-span {cfg.student_max_span} would leave {len(longer)} untrained module(s) "
+                        f"untrained ({', '.join(longer[:4])}); train every module first, then cap the students")
     if not continue_training and not untrained and not resume:
         raise UserError(f"every module of {bank.path} is trained already; pass --continue to train them further "
                         f"with a fresh schedule")
@@ -256,7 +261,7 @@ def train_bank(bank, data: str, cfg: TrainConfig, dev_data: str | None = None, r
                 else:
                     # One RNG per step, so a resumed run samples exactly the students an uninterrupted one would.
                     rng = random.Random(f"{cfg.seed}:{state.step}")
-                    plan = sample_student(bank, replace_probability(state.step, cfg), rng)
+                    plan = sample_student(bank, replace_probability(state.step, cfg), rng, cfg.student_max_span)
                     parts, per_module = distillation_step(bank, student, plan, inputs, labels, cfg, backward=True)
                 grads = [p for _, p in params if p.grad is not None]
                 if grads:

@@ -20,13 +20,15 @@ from ..assembly import _skeleton
 from ..plan._plan import DROP, LAYER, MODULE, AssemblyPlan, Block
 
 
-def sample_student(bank, p: float, rng: random.Random) -> AssemblyPlan:
+def sample_student(bank, p: float, rng: random.Random, max_span: int = 0) -> AssemblyPlan:
     """A plan with no drops where each module-starting position is replaced with probability ``p`` (granularity
-    uniformly among the modules that start there).
+    uniformly among the modules that start there and, with ``max_span``, span at most that many layers: a stage
+    can train the short modules among each other without the long ones taking their turns; a module longer than
+    that gets no gradient and stays as it is).
 
     Students never drop layers, though the search mixes modules with dropped layers: sampling drops too (each
     kept layer dropped with probability 0.1) was measured on the default bank and did not pay (README)."""
-    spans = bank.module_spans()
+    spans = [{(i, j) for i, j in s if not max_span or j - i + 1 <= max_span} for s in bank.module_spans()]
     stacks = []
     for s, depth in enumerate(bank.depths):
         blocks, pos = [], 0
