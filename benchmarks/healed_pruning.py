@@ -108,14 +108,14 @@ def main() -> None:
             f"best at {row['best_step']}, {heal.get('seconds')} s, weights {row['weights']}")
     say("")
     say(f"test perplexity on {len(test)} chapters of {os.path.relpath(a.test, ROOT)} (teacher {teacher:.2f})")
-    head = f"{'removed':>9} | {'unhealed':>16} | {'healed':>16} | {'plain check':>11} | {'steps (best)':>12} | plan"
+    head = (f"{'removed':>9} | {'unhealed':>16} | {'healed':>16} | {'plain check':>11} | {'steps (best)':>12} | "
+            f"{'trainable':>9} | plan")
     say(head)
     say("-" * len(head))
     for r in sorted(rows, key=lambda r: r["removed"]):
         say(f"{r['removed']:>3} of {depth:<3} | {r['test_before']:8.1f} ({r['test_before'] / teacher:4.2f}x) | "
             f"{r['test_after']:8.1f} ({r['test_after'] / teacher:4.2f}x) | {r['plain_ratio']:10.2f}x | "
-            f"{r['steps']:>5} ({r['best_step']:>3})  | "
-            f"{r['plan']}")
+            f"{r['steps']:>5} ({r['best_step']:>3})  | {r['trainable'] or '-':>9} | {r['plan']}")
     say(f"total {time.perf_counter() - t_start:.0f} s")
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
