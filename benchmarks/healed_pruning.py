@@ -17,6 +17,12 @@ student below its teacher and make the ratio meaningless). Each export's ``assem
 healed: steps, tokens, data hash, dev perplexity before and after. No timing here: a healed model has its
 plan's architecture, so its speed-up is its plan's (``llm_pruning.py``).
 
+With ``--baselines`` (a ``llm_pruning.py`` JSON of the same bank and test text) it also prints, at each depth, the
+tuned exports against the layer-dropping baselines, which have nothing to tune (Block Influence, SLEB: their
+test perplexity as ``llm_pruning.py`` measured it), and against LLM-Streamline's plan tuned the same way: an
+export whose plan is that depth's ``modsearch`` plan is the search's, one whose plan is its ``streamline`` plan is
+LLM-Streamline's. ``--from-json`` reprints those tables from a saved run without scoring anything.
+
 An independent check of every ratio: plain transformers (``model(ids, labels=ids).loss``, the model loaded
 from its directory, nothing of modsearch in the forward) on the first ``context_length`` tokens of each test
 chapter, for the teacher's base directory and each export.
@@ -49,14 +55,48 @@ def plain_perplexity(model, tok, texts: list[str], length: int) -> float:
     return math.exp(total / count)
 
 
+def depth_table(rows: list[dict], baselines: dict, teacher: float) -> list[str]:
+    """Per depth: the tuned search plan against the best layer-dropping baseline and the tuned LLM-Streamline plan."""
+    lines = [f"{'removed':>7} | {'best drop (BI, SLEB)':>20} | {'LLM-Streamline tuned':>20} | "
+             f"{'search plan as assembled':>24} | {'tuned':>16} | {'margin over drop':>16} | {'over Streamline':>15}"]
+    lines.append("-" * len(lines[0]))
+    by_plan = {r["plan"]: r for r in rows}
+    for b in baselines["rows"]:
+        ours, theirs = by_plan.get(b["modsearch"]), by_plan.get(b["streamline"])
+        if ours is None:
+            continue
+        drop = min(b["block_influence_test_ppl"], b["sleb_test_ppl"])
+        mine = ours["test_after"]
+        st = f"{theirs['test_after']:8.1f} ({theirs['test_after'] / teacher:4.2f}x)" if theirs else "not tuned"
+        over = f"{theirs['test_after'] / mine:14.2f}x" if theirs else "-"
+        lines.append(f"{b['removed']:>7} | {drop:11.1f} ({drop / teacher:5.2f}x) | {st:>20} | "
+                     f"{ours['test_before']:16.1f} ({ours['test_before'] / teacher:4.2f}x) | "
+                     f"{mine:8.1f} ({mine / teacher:4.2f}x) | {drop / mine:15.2f}x | {over:>15}")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("study", help="the study TOML (its bank, task and scoring)")
-    p.add_argument("exports", nargs="+", help="directories written by `modsearch heal` from the study's bank")
+    p.add_argument("exports", nargs="*", help="directories written by `modsearch heal` from the study's bank")
     p.add_argument("--test", default=os.path.join(ROOT, "data", "web-en", "test.jsonl"))
     p.add_argument("--limit", type=int, default=8, help="test chapters scored (default 8)")
     p.add_argument("--json")
+    p.add_argument("--baselines", help="an llm_pruning.py JSON: also print each depth against its baselines")
+    p.add_argument("--from-json", help="reprint the tables of a saved run of this script; scores nothing")
     a = p.parse_args()
+    baselines = None
+    if a.baselines:
+        with open(a.baselines, encoding="utf-8") as f:
+            baselines = json.load(f)
+    if a.from_json:
+        with open(a.from_json, encoding="utf-8") as f:
+            saved = json.load(f)
+        for line in depth_table(saved["rows"], baselines, saved["teacher_test_ppl"]) if baselines else []:
+            print(line)
+        return
+    if not a.exports:
+        p.error("give the exports to score (or --from-json)")
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -116,6 +156,11 @@ def main() -> None:
         say(f"{r['removed']:>3} of {depth:<3} | {r['test_before']:8.1f} ({r['test_before'] / teacher:4.2f}x) | "
             f"{r['test_after']:8.1f} ({r['test_after'] / teacher:4.2f}x) | {r['plain_ratio']:10.2f}x | "
             f"{r['steps']:>5} ({r['best_step']:>3})  | {r['trainable'] or '-':>9} | {r['plan']}")
+    if baselines:
+        say("")
+        say(f"tuned, at each depth (test perplexity; layer-dropping baselines from {a.baselines})")
+        for line in depth_table(rows, baselines, teacher):
+            say(line)
     say(f"total {time.perf_counter() - t_start:.0f} s")
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
