@@ -144,7 +144,8 @@ def main() -> None:
                "plain_after": plain, "plain_ratio": plain / plain_teacher}
         rows.append(row)
         say(f"{d}: removed {row['removed']}, test perplexity {before:.2f} -> {after:.2f} "
-            f"({before / teacher:.2f}x -> {after / teacher:.2f}x the teacher; plain check {plain / plain_teacher:.2f}x); healed {row['steps']} steps, "
+            f"({before / teacher:.2f}x -> {after / teacher:.2f}x the teacher; plain check "
+            f"{plain / plain_teacher:.2f}x); healed {row['steps']} steps, "
             f"best at {row['best_step']}, {heal.get('seconds')} s, weights {row['weights']}")
     say("")
     say(f"test perplexity on {len(test)} chapters of {os.path.relpath(a.test, ROOT)} (teacher {teacher:.2f})")
