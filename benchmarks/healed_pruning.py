@@ -85,6 +85,10 @@ def main() -> None:
     p.add_argument("--baselines", help="an llm_pruning.py JSON: also print each depth against its baselines")
     p.add_argument("--from-json", help="reprint the tables of a saved run of this script; scores nothing")
     a = p.parse_args()
+    if a.from_json and not a.baselines:
+        p.error("--from-json reprints the per-depth table, which needs --baselines")
+    if not a.exports and not a.from_json:
+        p.error("give the exports to score (or --from-json)")
     baselines = None
     if a.baselines:
         with open(a.baselines, encoding="utf-8") as f:
@@ -92,11 +96,8 @@ def main() -> None:
     if a.from_json:
         with open(a.from_json, encoding="utf-8") as f:
             saved = json.load(f)
-        for line in depth_table(saved["rows"], baselines, saved["teacher_test_ppl"]) if baselines else []:
-            print(line)
+        print("\n".join(depth_table(saved["rows"], baselines, saved["teacher_test_ppl"])))
         return
-    if not a.exports:
-        p.error("give the exports to score (or --from-json)")
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
