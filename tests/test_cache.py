@@ -129,3 +129,26 @@ def test_a_change_to_what_a_cost_depends_on_is_a_miss(world, change, monkeypatch
         monkeypatch.setattr(_evaluator, "software_versions", lambda: real() | {"modsearch": "9.9"})
     _, cost_hit = _hits(world, _evaluator_for(world, **kwargs))
     assert not cost_hit
+
+
+@pytest.mark.parametrize("edited, missed", [  # (quality missed, cost missed)
+    ("quality/_score.py", (True, False)),
+    ("assembly.py", (True, True)),
+    ("cost/_measure.py", (False, True)),
+    ("bank/arch/_decoder_only.py", (True, True)),
+    ("report/_page.py", (False, False)),
+])
+def test_a_change_to_modsearchs_own_scoring_code_is_a_miss(world, monkeypatch, edited, missed):
+    """The version number (0.1.0) never changes between commits; the keys hold the content of the code that
+    computes each result, so an edit to it cannot serve a stale result, and an edit elsewhere keeps the hits."""
+    from modsearch import _version
+
+    copy = world / "modsearch-copy"
+    shutil.copytree(_version.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(_version, "PACKAGE_DIR", str(copy))
+    _fill(world, _evaluator_for(world))
+    assert _hits(world, _evaluator_for(world)) == (True, True)
+    with open(copy / edited, "a") as f:
+        f.write("\n# changed\n")
+    quality_hit, cost_hit = _hits(world, _evaluator_for(world))
+    assert (not quality_hit, not cost_hit) == missed

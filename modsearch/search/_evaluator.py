@@ -11,7 +11,7 @@ import time
 
 from .._errors import UserError
 from .._io import sha256_file
-from .._version import software_versions
+from .._version import code_hash, software_versions
 from ..plan._plan import AssemblyPlan
 from ._cache import EvaluationCache
 
@@ -92,26 +92,36 @@ class PlanEvaluator:
         self.fingerprint_id = machine_id(fp)
         self._base = {"bank": bank.checksum}
         self._quality_base = None
+        self._code: dict[str, str] = {}
 
     # -- keys ---------------------------------------------------------------------------------------------
     def quality_key(self, plan: AssemblyPlan) -> dict:
         """Everything a score depends on: bank content, plan, dev data, task (with the content of any local
-        metric module, not just its path), the bank's source prefix and the software versions."""
+        metric module, not just its path), the bank's source prefix, the software versions and the content of
+        modsearch's own scoring code."""
         if self._quality_base is None:
             self._quality_base = {"data": self.devset.content_hash, "task": self.task.to_json(),
                                   "metric_code": {m: h for m in self.task.metrics
                                                   if (h := _local_code_hash(m)) is not None},
-                                  "source_prefix": self.bank.source_prefix, "software": software_versions()}
+                                  "source_prefix": self.bank.source_prefix, "software": software_versions(),
+                                  "code": self._code_hash("quality")}
         return self._base | self._quality_base | {"plan": str(plan)}
 
     def cost_key(self, plan: AssemblyPlan, latency: bool) -> dict:
         key = self._base | {"plan": str(plan), "target": self.target.to_dict() if self.target else None,
                             "latency": latency, "software": {k: self._cost_machine.get(k)
                                                              for k in ("torch", "transformers")}
-                            | {"modsearch": software_versions()["modsearch"]}}
+                            | {"modsearch": software_versions()["modsearch"]}, "code": self._code_hash("cost")}
         if latency:
             key["machine"] = self._cost_machine
         return key
+
+    def _code_hash(self, kind: str) -> str:
+        """The content of modsearch's own code that computes ``kind`` (read once per evaluator): the version
+        number never changes, the code does."""
+        if kind not in self._code:
+            self._code[kind] = code_hash(kind)
+        return self._code[kind]
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def evaluate(self, plan: str | AssemblyPlan) -> dict:
