@@ -12,7 +12,8 @@ unhealed model, included: healing never makes the export worse on dev). The resu
 
 Training runs in the bank trainer's context (eager attention, dropout off); dev scoring runs outside it, on the
 model's own attention implementation, as the study scored it and as a fresh process loading the export will.
-Checkpoints (``OUT.heal/``) make a run resumable; ``resume`` refuses a changed recipe.
+Checkpoints (``OUT.heal/``) make a run resumable; ``resume`` refuses a changed recipe, and another plan, bank,
+training data, dev set, task, metric or scoring windows.
 
 >>> from modsearch.heal import HealConfig, heal                                # doctest: +SKIP
 >>> heal(bank, "0-1,2-3,4-5/0-2,3-5", "train.jsonl", devset, task, "exports/healed",
@@ -43,8 +44,13 @@ from .train._loop import optimizer_moments, restore
 from .train._student import training_context
 from .data import length_batches
 from .quality._score import score_quality
+from .quality._windows import check_context
 
 CKPT_SUFFIX = ".heal"
+# What a checkpoint must agree on to be resumed, each named as a refusal says it: best scores compare only
+# on one dev set, scored one way.
+_IDENTITY = {"plan": "plan", "bank_checksum": "bank", "data_sha256": "training data", "dev_sha256": "dev set",
+             "task": "task, metric or windows"}
 _RUNTIME_FIELDS = ("threads", "chunk_tokens")  # how a run is carried out, not what it computes
 
 
@@ -203,8 +209,8 @@ def _load(path, params, opt, cfg: HealConfig, ident: dict) -> tuple[HealState, d
         saved = json.load(f)
     for k, v in ident.items():
         if saved.get(k) != v:
-            raise UserError(f"--resume: the checkpoint in {path} is of another {k.replace('_', ' ')}; delete it "
-                            f"to start over")
+            raise UserError(f"--resume: the checkpoint in {path} is of another {_IDENTITY[k]}; rerun with the "
+                            f"checkpoint's or delete it to start over")
     changed = cfg.differences(saved["config"])
     if changed:
         what = ", ".join(f"{k} {saved['config'].get(k)!r} -> {getattr(cfg, k)!r}" for k in changed)
@@ -219,7 +225,8 @@ def heal(bank, plan, data: str, devset, task, out: str, cfg: HealConfig, *, fiel
          overwrite: bool = False, resume: bool = False, info: dict | None = None, progress: bool = True,
          log=print) -> dict:
     """Heal ``plan`` on the training rows of ``data`` (``fields``: source and target, or text), keep the step
-    with the best score on ``devset`` (scored as ``task`` says) and export it to ``out``. Returns the healing
+    with the best score on ``devset`` (scored as ``task`` says: for ``lm``, in the windows of
+    ``task.context_length`` and ``task.stride``, as a study scores) and export it to ``out``. Returns the healing
     record written to ``assembly.json``."""
     from tqdm.auto import tqdm
 
@@ -229,11 +236,14 @@ def heal(bank, plan, data: str, devset, task, out: str, cfg: HealConfig, *, fiel
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
     if not bank.has_tokenizer():
         raise UserError(f"bank {bank.path} has no tokenizer: healing reads text")
+    if task.task == "lm":  # before minutes of training, not at the first scoring
+        check_context(bank.base_model, task.context_length)
     rows = read_examples(data, fields)
     examples = encode_examples(bank, rows, cfg.max_len, bank.source_prefix)
     data_hash = sha256_file(data)
     ckpt = os.path.abspath(out).rstrip(os.sep) + CKPT_SUFFIX
-    ident = {"plan": str(plan), "bank_checksum": bank.checksum, "data_sha256": data_hash}
+    ident = {"plan": str(plan), "bank_checksum": bank.checksum, "data_sha256": data_hash,
+             "dev_sha256": devset.content_hash, "task": task.to_json()}
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)

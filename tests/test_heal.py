@@ -215,6 +215,7 @@ BAD = {
     "unknown hidden loss": (lambda r, o: _heal_argv(r, o, "--hidden-loss", "cubic"), "--hidden-loss"),
     "bank without --dev": (lambda r, o: ["heal", str(r / "bank"), "--plan", "0,1,2,3/0,1,2,3", "--data",
                                          str(r / "train.jsonl"), "--steps", "2", "--out", str(o)], "--dev"),
+    "windows with a study": (lambda r, o: _heal_argv(r, o, "--context-length", "8"), "its own windows"),
 }
 
 
@@ -262,3 +263,66 @@ def test_a_decoder_only_bank_heals_against_perplexity(banks, tmp_path):
     got = score_quality(model, AutoTokenizer.from_pretrained(str(out)), task.load_devset(str(tmp_path / "text.jsonl"),
                                                                                        limit=6), task).value
     assert got == pytest.approx(h["dev"]["after"], rel=1e-6)
+
+
+def _lm_heal(bank, tmp_path, out, *extra, dev="text.jsonl"):
+    """``modsearch heal BANK --task lm`` on a few tiny texts (training and dev), two steps."""
+    for name, copies in (("text.jsonl", 4), ("other.jsonl", 2)):
+        with open(tmp_path / name, "w") as f:
+            for s in tiny.SOURCES[:copies + 2]:
+                f.write(json.dumps({"text": s}) + "\n")
+    return ["heal", bank.path, "--plan", "0-1,2,3-4,5", "--data", str(tmp_path / "text.jsonl"), "--dev",
+            str(tmp_path / dev), "--task", "lm", "--steps", "2", "--eval-every", "1", "--batch-tokens", "64",
+            "--out", str(out), *extra]
+
+
+def test_an_lm_heal_scores_dev_in_the_windows_a_study_scores_in(banks, tmp_path):
+    """``--context-length``/``--stride`` put the dev curve on the study's scale: the unhealed score is what a study
+    with those windows records for the plan, not the unwindowed figure."""
+    from modsearch.quality._score import score_plan
+
+    bank = banks["gpt2"]
+    out = tmp_path / "healed"
+    assert main(_lm_heal(bank, tmp_path, out, "--context-length", "4", "--stride", "2")) == 0
+    h = json.loads((out / "assembly.json").read_text())["healing"]
+    assert h["dev"]["task"]["context_length"] == 4 and h["dev"]["task"]["stride"] == 2
+    windowed = QualityTask("lm", context_length=4, stride=2)
+    dev = windowed.load_devset(str(tmp_path / "text.jsonl"))
+    study_score = score_plan(bank, "0-1,2,3-4,5", dev, windowed).value
+    assert h["dev"]["before"] == pytest.approx(study_score, rel=1e-9)
+    assert study_score != pytest.approx(score_plan(bank, "0-1,2,3-4,5", dev, QualityTask("lm")).value, rel=1e-3)
+
+
+def test_an_lm_heal_whose_windows_overflow_the_positions_is_refused(banks, tmp_path, capsys):
+    out = tmp_path / "healed"
+    assert main(_lm_heal(banks["gpt2"], tmp_path, out, "--context-length", "100")) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "context length 100 is above the model's 64 positions" in lines[0], lines
+    assert not out.exists() and not os.path.exists(str(out) + ".heal")
+
+
+def test_a_resume_against_another_dev_set_task_or_windows_is_refused(banks, tmp_path, monkeypatch, capsys):
+    """Best scores compare on one dev set scored one way: the checkpoint records the dev set's content hash, the
+    task (with its windows) and the metric, and a resume that differs in any of them is refused."""
+    import modsearch.heal as heal_mod
+
+    bank, out = banks["gpt2"], tmp_path / "healed"
+    real, calls = heal_mod._score, {"n": 0}
+
+    def dies_at_the_third_scoring(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # after step 1's checkpoint, before step 2's
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(heal_mod, "_score", dies_at_the_third_scoring)
+    assert main(_lm_heal(bank, tmp_path, out, "--steps", "3")) == 130
+    assert os.path.exists(str(out) + ".heal/state.json")
+    monkeypatch.setattr(heal_mod, "_score", real)
+    for extra, dev, what in (((), "other.jsonl", "dev set"), (("--metric", "token_accuracy"), "text.jsonl", "metric"),
+                             (("--context-length", "4"), "text.jsonl", "windows")):
+        capsys.readouterr()
+        assert main(_lm_heal(bank, tmp_path, out, "--steps", "3", "--resume", *extra, dev=dev)) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "of another" in lines[0] and what in lines[0], lines
+    assert main(_lm_heal(bank, tmp_path, out, "--steps", "3", "--resume")) == 0

@@ -17,8 +17,8 @@ _DESCRIPTION = (
     "every block boundary: the bank's losses), score it on the dev set before healing and every --eval-every "
     "steps, keep the best step, and write the same standalone Hugging Face directory as `export`, with the "
     "healing (steps, data hash, dev score before and after) in assembly.json and the model card. Resumable "
-    "(--resume) from OUT.heal/. With a study, the dev set, task and metric are the study's; with a bank, give "
-    "--dev and the task options.")
+    "(--resume) from OUT.heal/. With a study, the dev set, task, metric and lm windows are the study's; with a "
+    "bank, give --dev and the task options.")
 
 
 def add_heal_parser(sub, fmt, examples) -> None:
@@ -75,6 +75,10 @@ def add_heal_parser(sub, fmt, examples) -> None:
     g.add_argument("--target-field", help="reference field of the dev and training data (as --source-field)")
     g.add_argument("--text-field", help="text field for --task lm (as --source-field)")
     g.add_argument("--limit", type=int, metavar="N", help="score the first N dev examples")
+    g.add_argument("--context-length", type=int, metavar="N",
+                   help="lm: score each dev text whole, in windows of N tokens, as a study with context_length N "
+                        "does (default: the model's positions, used only when a text is longer than them)")
+    g.add_argument("--stride", type=int, metavar="S", help="lm: a window starts every S tokens (default N/2)")
     g.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="generation length limit")
     g.add_argument("--batch-size", type=int, default=32, metavar="N", help="dev examples per batch")
     s.set_defaults(func=cmd_heal)
@@ -113,7 +117,8 @@ def _bank_point(a):
     if not a.dev:
         raise UserError("with a bank directory, give --dev FILE: healing keeps the step with the best dev score")
     task = QualityTask(a.task, metric=a.metric, source_field=a.source_field, target_field=a.target_field,
-                       text_field=a.text_field, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size)
+                       text_field=a.text_field, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
+                       context_length=a.context_length, stride=a.stride)
     bank = LayerBank.load(a.source)
     return bank, bank.plan(a.plan), {}, task, task.load_devset(a.dev, limit=a.limit)
 
@@ -124,6 +129,9 @@ def _study_point(a):
 
     if a.dev:
         raise UserError("--dev applies to a bank directory; a study heals against its own dev set")
+    if a.context_length is not None or a.stride is not None:
+        raise UserError("--context-length and --stride apply to a bank directory; a study scores dev in its own "
+                        "windows ([task] context_length and stride)")
     cfg = StudyConfig.load(a.source)
     bank, plan, info = study_point(a.source, trial=a.trial, pick=a.pick, plan=a.plan, storage=a.storage,
                                    study_name=a.study_name)

@@ -53,6 +53,14 @@ def model_positions(model) -> int | None:
     return None
 
 
+def check_context(model, context: int | None) -> None:
+    """Refuse windows longer than the positions ``model`` can attend over (a model or its config's owner)."""
+    positions = model_positions(model)
+    if context is not None and positions is not None and context > positions:
+        raise UserError(f"context length {context} is above the model's {positions} positions: use a "
+                        f"context length of {positions} or less")
+
+
 def windowed_lm_scores(model, ids: list[list[int]], context: int | None, stride: int | None,
                        batch_size: int, pad_id: int, bos_id: int | None = None) -> tuple[dict, list[float]]:
     """Token-level cross-entropy, perplexity and accuracy of the tokenized texts ``ids`` under ``model``, scored in strided
@@ -64,8 +72,7 @@ def windowed_lm_scores(model, ids: list[list[int]], context: int | None, stride:
     positions = model_positions(model)
     if context is None:
         context = positions or 1024
-    if positions is not None and context > positions:
-        raise UserError(f"context length {context} is above the model's {positions} positions")
+    check_context(model, context)
     stride = stride if stride is not None else max(1, context // 2)
     rows = []  # (document, window token ids, labels)
     for d, doc in enumerate(ids):
