@@ -23,6 +23,18 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def shareable_name(path_or_id: str) -> str:
+    """What a file that travels (a bank manifest, an export) records for ``path_or_id``: a local path as its last
+    component (an absolute path names the machine it was made on, not the thing); a hub id or other text as is.
+
+    >>> shareable_name("/home/me/models/tiny-t5/"), shareable_name("org/model")
+    ('tiny-t5', 'org/model')
+    """
+    if os.path.isabs(path_or_id) or os.path.exists(path_or_id):
+        return os.path.basename(os.path.normpath(path_or_id))
+    return path_or_id
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""

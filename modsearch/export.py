@@ -15,7 +15,7 @@ import os
 import shutil
 
 from ._errors import UserError
-from ._io import atomic_dir, write_json, write_text
+from ._io import atomic_dir, shareable_name, write_json, write_text
 from ._version import __version__
 from .assembly import assemble
 from .bank._bank import LayerBank
@@ -125,7 +125,8 @@ def _licence_card_section(bank: LayerBank) -> str:
     files = licence_files(bank.base_dir)
     if not files:
         return ("\n## Licence\n\nThe base model came with no licence, notice or terms file; check the terms of "
-                f"`{bank.manifest['provenance'].get('source_model')}` before you redistribute this model.\n")
+                f"`{shareable_name(str(bank.manifest['provenance'].get('source_model')))}` before you redistribute "
+                f"this model.\n")
     notice = next((f for f in files if f.lower().startswith("notice")), None)
     text = ""
     if notice:
@@ -187,9 +188,11 @@ def _healing_card_section(spec: dict) -> str:
 
 # -- a study's point -------------------------------------------------------------------------------------------
 def _redact(url: str) -> str:
-    """A storage URL without its password (the export's files may be shared)."""
+    """A storage URL without its password or the machine's directories (the export's files may be shared)."""
     import re
 
+    if url.startswith("sqlite:///"):
+        return "sqlite:///" + shareable_name(url[len("sqlite:///"):])
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .._errors import UserError
-from .._io import atomic_dir, sha256_file, write_json
+from .._io import atomic_dir, sha256_file, shareable_name, write_json
 from .._version import __version__
 from ..plan._plan import DROP, MODULE, AssemblyPlan, PlanSpace
 from .arch import ArchitectureAdapter, adapter_for
@@ -341,7 +341,7 @@ class LayerBank:
                 "provenance": {
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "modsearch_version": __version__,
-                    "source_model": model,
+                    "source_model": shareable_name(model),
                     "recipe": None,
                     "training": None,
                     "data": {},
