@@ -109,7 +109,7 @@ def _check_latency_machine(study, cfg, evaluator_fingerprint: str, fp: dict) -> 
         diff = fingerprint_mismatch(stored.get("fingerprint", {}), fp)
         raise UserError(f"study {cfg.name!r} measures latency_ms on one machine, and this one differs "
                         f"({'; '.join(diff[:2]) or 'fingerprint'}); run this worker against a study that uses "
-                        "profile_latency_ms (a profile measured on the target machine), see README 'Scale-out'")
+                        "profile_latency_ms (a profile measured on the target machine), see docs/scale-out.md")
 
 
 def run_worker(cfg, url: str, *, heartbeat_interval: int = 10, grace_period: int | None = None,
