@@ -79,7 +79,7 @@ def assemble(bank: LayerBank, plan: str | AssemblyPlan, share_weights: bool = Fa
         adapter.share_config(model, name)
         adapter.finalize_stack(model, name, bank.original_layer(name, 0))
     adapter.set_depths(model, dict(zip(bank.stack_names, plan.depths)),
-                       dict(zip(bank.stack_names, (list(s) for s in plan.sources()))),
+                       dict(zip(bank.stack_names, (list(s) for s in plan.spans()))),
                        base_config=bank.base_model.config)
     model.eval()
     if not share_weights:  # shared tensors keep the bank's flags

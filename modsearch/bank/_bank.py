@@ -210,6 +210,8 @@ class LayerBank:
         layer = copy.deepcopy(self.original_layer(entry.stack, entry.start))
         _load_layer_state(layer, tensors, self.adapter.stack_private_keys(entry.stack),
                           f"bank {self.path}: module {entry.name}")
+        config = self.base_model.config
+        self.adapter.set_attention_type(layer, config, self.adapter.attention_source(config, entry.start, entry.end))
         return layer
 
     # -- identity -----------------------------------------------------------------------------------------

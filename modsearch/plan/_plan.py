@@ -127,6 +127,10 @@ class AssemblyPlan:
         """For each stack, the original layer index whose position each kept block takes (its start)."""
         return tuple(tuple(b.start for b in blocks if b.kind != DROP) for blocks in self.stacks)
 
+    def spans(self) -> tuple[tuple[tuple[int, int], ...], ...]:
+        """For each stack, the ``(start, end)`` of the original layers each kept block stands for."""
+        return tuple(tuple((b.start, b.end) for b in blocks if b.kind != DROP) for blocks in self.stacks)
+
     def to_json(self, bank_checksum: str, stack_names: Sequence[str]) -> dict:
         return {
             "plan": str(self),

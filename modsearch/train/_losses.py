@@ -181,7 +181,9 @@ def teacher_states(bank, inputs, with_attention: bool):
 
 def hidden_step(bank, inputs, labels, cfg, backward: bool = False, modules=None):
     """The large-model objective for one batch: each module maps the teacher's hidden state at the start of its
-    span to the one at its end, called with exactly the arguments the teacher's first layer of the span got.
+    span to the one at its end, called with exactly the arguments the teacher's first layer of the span got (but
+    the attention mask and position embeddings of the span's layer whose attention type the module takes: a
+    span holding a full-attention layer is attended fully; see ``ArchitectureAdapter.attention_source``).
 
     ``modules`` maps ``(stack, start, end)`` to a layer (default: every module of the bank). Each module's loss
     is back-propagated as soon as it is computed, so one module's graph lives at a time.
@@ -196,7 +198,8 @@ def hidden_step(bank, inputs, labels, cfg, backward: bool = False, modules=None)
     per_module = {}
     for (stack, i, j), layer in modules.items():
         t_hidden, t_attn, calls = caps[stack]
-        args, kwargs = calls[i]
+        k = ad.attention_source(bank.base_model.config, i, j)
+        args, kwargs = calls[i][0], calls[k][1] | {n: v for n, v in calls[i][1].items() if n == "hidden_states"}
         m = masks[stack]
         with torch.enable_grad() if backward else torch.no_grad(), _autocast(cfg), \
                 capture([layer], [ad.self_attention(layer)] if want_attn else None) as (out, attn, _):

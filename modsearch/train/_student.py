@@ -66,7 +66,7 @@ class Student:
             slots[name] = layers
         # The base config holds the full per-layer lists (layer_types); the shell's own was trimmed last step.
         ad.set_depths(self.shell, dict(zip(bank.stack_names, plan.depths)),
-                      dict(zip(bank.stack_names, (list(s) for s in plan.sources()))),
+                      dict(zip(bank.stack_names, (list(s) for s in plan.spans()))),
                       base_config=bank.base_model.config)
         return slots
 

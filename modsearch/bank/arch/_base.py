@@ -5,6 +5,11 @@ Each family is one small :class:`ArchitectureAdapter`. The generic work (renumbe
 config depths as Python ints, trimming ``layer_types``) lives here; an adapter only names its layer lists and
 config fields, and overrides :meth:`finalize_stack` when the family keeps state outside its layers (T5's
 relative position bias).
+
+A module over a span of layers with different attention types (Gemma-3: five sliding-window layers, then one
+full-attention layer) attends fully when its span holds a full-attention layer, with that layer's RoPE
+parameters (:meth:`ArchitectureAdapter.attention_source`): a module over a global layer must not turn it into a
+sliding window. The assembled config's ``layer_types`` records each slot's type.
 """
 
 from __future__ import annotations
@@ -83,19 +88,46 @@ class ArchitectureAdapter:
                 if getattr(m, "config", None) is not None and type(m.config) is type(config):
                     m.config = config
 
-    def set_depths(self, model: nn.Module, depths: dict[str, int], sources: dict[str, list[int]],
+    def attention_source(self, config, start: int, end: int) -> int:
+        """The layer of the span ``start..end`` whose attention type (and so RoPE parameters, mask and cache) a
+        block over that span takes: the first full-attention layer of the span, else its first layer.
+
+        The span's layers see the whole context when one of them attends fully; a module in their place must
+        too (Gemma-3's modules over a global layer would otherwise become 512-token sliding windows)."""
+        types = getattr(config, "layer_types", None)
+        if self.kind != "causal" or not isinstance(types, list | tuple):
+            return start
+        return next((k for k in range(start, end + 1) if types[k] == "full_attention"), start)
+
+    def set_attention_type(self, layer: nn.Module, config, source: int) -> None:
+        """Make ``layer``'s attention modules of the type of ``config``'s layer ``source`` (what transformers sets
+        at construction from ``layer_types``: the kernels that read ``sliding_window`` need it)."""
+        types = getattr(config, "layer_types", None)
+        if not isinstance(types, list | tuple):
+            return
+        kind = types[source]
+        for m in layer.modules():
+            if hasattr(m, "layer_type") and hasattr(m, "sliding_window"):
+                m.layer_type = kind
+                m.sliding_window = config.sliding_window if kind == "sliding_attention" else None
+                if hasattr(m, "is_sliding"):
+                    m.is_sliding = kind == "sliding_attention"
+
+    def set_depths(self, model: nn.Module, depths: dict[str, int], spans: dict[str, list[tuple[int, int]]],
                    base_config=None) -> None:
         """Write the new depths into the config (Python ints: config fields are strict) and keep per-layer
-        config lists such as ``layer_types`` aligned with the layers that now fill each slot. The per-layer lists
-        are read from ``base_config`` (the original model's), since ``model``'s own may be trimmed already."""
+        config lists such as ``layer_types`` aligned with the blocks that now fill each slot (``spans``: each
+        slot's ``(start, end)``; see :meth:`attention_source`). The per-layer lists are read from
+        ``base_config`` (the original model's), since ``model``'s own may be trimmed already."""
         config = model.config
+        base = base_config if base_config is not None else config
         for stack, n in depths.items():
             for field in self.depth_fields[stack]:
                 setattr(config, field, int(n))
-        layer_types = getattr(base_config if base_config is not None else config, "layer_types", None)
+        layer_types = getattr(base, "layer_types", None)
         if self.kind == "causal" and isinstance(layer_types, list | tuple):
             (stack,) = self.stacks
-            config.layer_types = [layer_types[i] for i in sources[stack]]
+            config.layer_types = [layer_types[self.attention_source(base, i, j)] for i, j in spans[stack]]
 
 
 _REGISTRY: dict[str, ArchitectureAdapter] = {}

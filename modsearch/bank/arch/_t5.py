@@ -42,8 +42,8 @@ class T5Adapter(ArchitectureAdapter):
                     del attn.relative_attention_bias
                 attn.has_relative_attention_bias = False
 
-    def set_depths(self, model, depths, sources, base_config=None) -> None:
-        super().set_depths(model, depths, sources, base_config)
+    def set_depths(self, model, depths, spans, base_config=None) -> None:
+        super().set_depths(model, depths, spans, base_config)
         # Each T5Stack holds its own copy of the config; the decoder's num_layers is its own depth.
         model.encoder.config.num_layers = int(depths["encoder"])
         model.decoder.config.num_layers = int(depths["decoder"])
