@@ -12,6 +12,12 @@ verified (the figure the frontier table, the report and the export show), else t
 reported, true, error; also the error of the trials' own (search-time) speed-ups, and the noise floor of the
 truth itself: the median ratio over the first half of the rounds against the second half.
 
+It also checks the *order* of the printed frontier (the verified one, as ``modsearch search`` prints it): with
+each point's true speed-up and its 95 % interval (the distribution-free median interval over the rounds), is any
+printed point dominated beyond the noise by another (at least as good on every other objective, and faster with
+the two intervals apart)? A frontier a user picks from should have none. The line reads
+``frontier order: agrees with the independent timing over 7 points`` or names each dominated point.
+
     python benchmarks/latency_truth.py --run                       # the default study, run first
     python benchmarks/latency_truth.py studies/bible-en-fr.toml --rounds 40 --json out.json
 
@@ -44,6 +50,20 @@ def _time_round(models, order, kw, inputs):
     return out
 
 
+def order_disagreements(rows: list[dict], names: list[str], signs: list[float],
+                        truth: dict[str, tuple[float, float]]) -> list[tuple[str, str]]:
+    """The printed frontier's points that the independent timing puts behind another beyond the noise:
+    ``(dominated plan, dominating plan)`` pairs. ``rows`` are the printed rows (plan and the objectives
+    ``names``; ``signs`` -1 for maximised), ``truth`` maps a plan to its true speed-up's (low, high); the latency
+    objective is the one the speed-up replaces."""
+    from modsearch.search._verify import dominated_beyond_noise
+
+    objective = next(n for n in names if n in ("latency_ms", "profile_latency_ms"))
+    ratios = {p: (1 / hi, 1 / lo if lo > 0 else float("inf")) for p, (lo, hi) in truth.items()}
+    by = dominated_beyond_noise(rows, names, signs, objective, ratios)
+    return [(p, q) for r in rows for p in [r["plan"]] for q in by.get(p, [])]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("study", nargs="?", default="studies/bible-en-fr.toml")
@@ -59,6 +79,7 @@ def main(argv=None) -> int:
 
     from modsearch import LayerBank, export_model
     from modsearch.cost import HardwareTarget, fingerprint
+    from modsearch.cost._paired import ratio_interval, speedup_of
     from modsearch.search import StudyConfig, frontier_rows, run_search
     from modsearch.search._storage import open_storage
 
@@ -124,7 +145,8 @@ def main(argv=None) -> int:
     for i, plan in enumerate(plans[1:], start=1):
         true = truth(i)
         v = (verification or {}).get("plans", {}).get(plan)
-        trial = by_plan.get(plan, {}).get("speedup")
+        row = by_plan.get(plan, {})
+        trial = row.get("trial_speedup", row.get("speedup"))
         reported, basis = (v["speedup"], "verified") if v else (trial, "trial")
         err = abs(reported - true) / true
         terr = abs(trial - true) / true if trial else float("nan")
@@ -138,13 +160,27 @@ def main(argv=None) -> int:
         print(f"{plan:<36} {reported:>8.2f}x {basis:>9} {true:>6.2f}x {err:>7.1%} "
               f"{(trial or float('nan')):>6.2f}x {terr:>7.1%} {h:>7.1%}")
     teacher_ms = statistics.median(times[0]) * 1000
+    truth_intervals = {}
+    for i, plan in enumerate(plans):
+        s = speedup_of(ratio_interval(times[0], times[i]))
+        truth_intervals[plan] = (s["low"], s["high"])
+    names = study.metric_names
+    signs = [-1.0 if d.name == "MAXIMIZE" else 1.0 for d in study.directions]
+    disagree = order_disagreements(rows, names, signs, truth_intervals)
     summary = {"mean_error": statistics.mean(errors), "max_error": max(errors),
                "trial_mean_error": statistics.mean(trial_errors), "trial_max_error": max(trial_errors),
-               "noise_floor_mean": statistics.mean(noise), "plans": len(errors)}
+               "noise_floor_mean": statistics.mean(noise), "plans": len(errors),
+               "order_disagreements": [list(d) for d in disagree]}
     print(f"\nteacher {teacher_ms:.1f} ms (median of {a.rounds} rounds, {seconds:.0f} s of timing); "
           f"truth's own noise (first half of the rounds against the second): mean {summary['noise_floor_mean']:.1%}")
     print(f"search-time (trial) speed-ups: mean error {summary['trial_mean_error']:.1%}, "
           f"max {summary['trial_max_error']:.1%}")
+    if disagree:
+        print("frontier order: the independent timing DISAGREES, beyond the noise: "
+              + "; ".join(f"{p} is dominated by {q}" for p, q in disagree))
+    else:
+        print(f"frontier order: agrees with the independent timing over {len(rows)} points "
+              "(no printed point dominated beyond the noise)")
     if a.json:
         from modsearch._io import write_json
 

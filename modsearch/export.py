@@ -256,11 +256,14 @@ def study_point(source: str, *, trial: int | None = None, pick: str | None = Non
         "picked_by": pick,
         "target": res.identity.get("target"),
         "feasible": rec.feasible if rec is not None else None,
-        "speedup_basis": rec.speedup_basis if rec is not None else None,
+        "speedup_basis": ("verified (modsearch verify)" if rec.verified else rec.speedup_basis)
+        if rec is not None else None,
         "metrics": dict(rec.metrics) if rec is not None else {},
         "teacher": dict(res.teacher),
     }
     v = res.verified(chosen)
+    if rec is not None and rec.verified:
+        info["trial_metrics"] = dict(rec.trial_metrics)  # what the trial measured, before verification
     if v is not None:
         rec_v = res.verification
         info["verified"] = {"speedup": v["speedup"], "low": v["low"], "high": v["high"],

@@ -83,26 +83,36 @@ def test_paired_trials_and_the_verified_frontier(root, capsys):
 
     record = result.study.user_attrs["verification"]
     rows = frontier_rows(result.study)
-    assert {r["plan"] for r in rows} <= set(record["plans"])
     assert record["plans"][record["teacher_plan"]]["speedup"] == 1.0
     for plan, v in record["plans"].items():
         assert v["low"] <= v["speedup"] <= v["high"] and isinstance(v["on_front"], bool)
         assert v["latency_ms"] == pytest.approx(record["teacher_ms"] / v["speedup"])
     assert record["rounds"] >= 3 and record["fingerprint"]["cpu_count"] >= 1
-    assert all("verified_speedup" in r for r in rows)
-    table = format_frontier(rows)
-    assert "verified" in table.splitlines()[0] and "x [" in table
+    # The printed frontier is the verified one: its verified rows show the verified speed-up, and its
+    # latencies are the study's teacher figure over it.
+    teacher_ms = result.study.user_attrs["teacher"]["latency_ms"]
+    for r in rows:
+        v = record["plans"].get(r["plan"])
+        assert r["verified"] == (v is not None) and (v is None or v["on_front"])
+        if v:
+            assert r["speedup"] == v["speedup"] and r["latency_ms"] == pytest.approx(teacher_ms / v["speedup"])
+    table = format_frontier(rows, result.dropped)
+    assert "figures" in table.splitlines()[0] and "x [" in table
 
+    # A fixed number of rounds too few for an interval is refused before anything is timed.
+    assert main(["verify", cfg.source, "--rounds", "5", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "needs at least 6 rounds" in err and err.count("\n") == 1
     # Verify again with a fixed number of rounds, through the CLI.
-    assert main(["verify", cfg.source, "--rounds", "4", "--quiet"]) == 0
+    assert main(["verify", cfg.source, "--rounds", "6", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "verified in 4 interleaved rounds" in out
+    assert "verified in 6 interleaved rounds" in out
     again = StudyConfig.load(cfg.source)
     import optuna
 
     study = optuna.load_study(study_name=again.name, storage=again.storage)
     record = study.user_attrs["verification"]
-    assert record["rounds"] == 4
+    assert record["rounds"] == 6
 
     # The export of a verified point records the verified figures, in assembly.json and on the model card.
     point = next(r for r in frontier_rows(study) if r["plan"] in record["plans"])
@@ -110,34 +120,30 @@ def test_paired_trials_and_the_verified_frontier(root, capsys):
     assert main(["export", cfg.source, "--trial", str(point["trial"]), "--out", str(out)]) == 0
     spec = json.loads((out / "assembly.json").read_text())
     v = record["plans"][point["plan"]]
-    assert spec["verified"]["speedup"] == v["speedup"] and spec["verified"]["rounds"] == 4
+    assert spec["verified"]["speedup"] == v["speedup"] and spec["verified"]["rounds"] == 6
     assert (spec["verified"]["low"], spec["verified"]["high"]) == (v["low"], v["high"])
     assert "Verified speed-up" in (out / "README.md").read_text()
 
 
-def test_a_point_verification_knocks_off_the_front_is_flagged():
-    from modsearch.search._summary import format_frontier
-    from modsearch.search._verify import still_on_front
+def test_a_point_dominated_beyond_the_noise_is_found():
+    from modsearch.search._verify import dominated_beyond_noise
 
     rows = [{"trial": 3, "plan": "a", "quality": 30.0, "latency_ms": 50.0, "speedup": 3.0},
             {"trial": 1, "plan": "b", "quality": 35.0, "latency_ms": 80.0, "speedup": 1.9},
             {"trial": 0, "plan": "t", "quality": 40.0, "latency_ms": 150.0, "speedup": 1.0}]
     names, signs = ["quality", "latency_ms"], [-1.0, 1.0]
-    # Verified: "a" is really slower than "b", which scores better, beyond both intervals: "a" is dominated.
-    flags = still_on_front(rows, names, signs, "latency_ms", {"a": (88.0, 92.0), "b": (76.0, 80.0),
-                                                              "t": (148.0, 152.0)})
-    assert flags == {"a": False, "b": True, "t": True}
+    # Measured: "a" is really slower than "b", which scores better, beyond both intervals: "a" is dominated.
+    assert dominated_beyond_noise(rows, names, signs, "latency_ms", {"a": (88.0, 92.0), "b": (76.0, 80.0),
+                                                                     "t": (148.0, 152.0)}) == {"a": ["b"], "b": [],
+                                                                                               "t": []}
     # Overlapping intervals: tied within the measurement, nobody is flagged (measured here: two plans of the
     # same depths verified 2.17x and 2.21x, and an independent measurement put them the other way round).
-    assert still_on_front(rows, names, signs, "latency_ms", {"a": (79.0, 84.0), "b": (76.0, 80.0),
-                                                             "t": (148.0, 152.0)}) == {"a": True, "b": True, "t": True}
-    # Quality keeps its recorded value; only the verified objective changes.
-    assert still_on_front(rows, names, signs, "latency_ms", {"a": (68.0, 72.0), "b": (76.0, 80.0),
-                                                             "t": (148.0, 152.0)}) == {"a": True, "b": True, "t": True}
-    shown = [dict(r, verified_speedup=1.6, verified_low=1.5, verified_high=1.7, verified_on_front=flags[r["plan"]])
-             for r in rows]
-    line = format_frontier(shown).splitlines()[1]
-    assert line.startswith("3") and "1.60x [1.50, 1.70]" in line and "OFF THE FRONT" in line
+    tied = dominated_beyond_noise(rows, names, signs, "latency_ms", {"a": (79.0, 84.0), "b": (76.0, 80.0),
+                                                                     "t": (148.0, 152.0)})
+    assert not any(tied.values())
+    # Quality keeps its recorded value; only the measured objective changes.
+    assert not any(dominated_beyond_noise(rows, names, signs, "latency_ms", {"a": (68.0, 72.0), "b": (76.0, 80.0),
+                                                                             "t": (148.0, 152.0)}).values())
 
 
 def test_verify_refuses_what_it_cannot_verify(root, capsys, monkeypatch):
@@ -163,7 +169,9 @@ def test_verify_refuses_what_it_cannot_verify(root, capsys, monkeypatch):
 
     empty = StudyConfig.load(_study(root, "empty", n_trials=3))
     (root / "empty").mkdir(exist_ok=True)
-    optuna.create_study(study_name="empty", storage=empty.storage, directions=["maximize", "minimize"])
+    made = optuna.create_study(study_name="empty", storage=empty.storage, directions=["maximize", "minimize"])
+    made.set_user_attr("modsearch", {"objectives": ["quality", "latency_ms"]})  # as a search stopped at once leaves it
+    made.set_user_attr("teacher", {"quality": 1.0, "latency_ms": 1.0})
     capsys.readouterr()
     assert main(["verify", empty.source, "--quiet"]) == 2
     assert "no finished feasible trial" in capsys.readouterr().err
@@ -215,3 +223,32 @@ def test_a_trial_cut_short_of_an_interval_records_an_unbounded_one():
            "latency_ratio_high": math.inf}
     m = _metrics(rec, {"quality": 1.0})
     assert m["speedup"] == 2.0 and m["speedup_low"] == 0.0 and m["speedup_high"] == math.inf
+
+
+def test_a_study_asking_for_too_few_verify_rounds_is_refused_before_it_runs(root, capsys):
+    path = _study(root, "fewrounds", extra="[verify]\nrounds = 3")
+    assert main(["search", path, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "verify.rounds = 3" in err and "at least 6 rounds" in err and err.count("\n") == 1
+    assert not (root / "fewrounds" / "study.db").exists()
+
+
+def test_a_continued_study_keeps_one_latency_scale(root, monkeypatch):
+    """The second run's teacher times twice as slow (this machine drifts by that much between runs): its trials'
+    latency_ms still read the one teacher figure stored on the study, like the first run's."""
+    from modsearch.search._evaluator import PlanEvaluator
+
+    cfg = StudyConfig.load(_study(root, "onescale", n_trials=4,
+                                  extra='constraints = ["latency_ms <= 0.999 * teacher"]\n[verify]\nafter_search = false'))
+    first = run_search(cfg, progress=False, log=None)
+    stated = first.study.user_attrs["teacher"]["latency_ms"]
+    measure = PlanEvaluator.reference_latency
+    monkeypatch.setattr(PlanEvaluator, "reference_latency", lambda self: measure(self) | {"p50": measure(self)["p50"] * 2})
+    second = run_search(cfg.override(n_trials=7), progress=False, log=None)
+    trials = [t for t in second.study.trials if t.state.name == "COMPLETE"]
+    assert len(trials) == 7 and second.study.user_attrs["teacher"]["latency_ms"] == stated
+    for t in trials:
+        a = t.user_attrs
+        assert a["latency_ms"] == pytest.approx(a["latency_ratio"] * stated)
+        assert t.values[1] == a["latency_ms"]
+        assert a["constraint:latency_ms <= 0.999 * teacher"] == pytest.approx(a["latency_ms"] - 0.999 * stated)

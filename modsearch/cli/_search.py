@@ -54,12 +54,14 @@ def add_search_parser(sub, fmt, examples) -> None:
                        formatter_class=fmt, description=textwrap.fill(
                            "Measure the teacher and every frontier point of a finished study again, together, in "
                            "interleaved shuffled rounds on the study's target, and store each point's speed-up over "
-                           "the teacher with its 95 % interval on the study. The frontier table, the report and "
-                           "`modsearch export` show the verified figures; a point whose verified latency is dominated "
-                           "is flagged OFF THE FRONT. `search` runs this at its end unless [verify] after_search = "
+                           "the teacher with its 95 % interval on the study. From then on the verified figures are the "
+                           "study's for those points: the frontier table (column `figures`), its hypervolume, "
+                           "`modsearch export --pick` and the report use them, and a point not on the front by them "
+                           "is listed as dropped. `search` runs this at its end unless [verify] after_search = "
                            "false; run it alone after a study run by workers, or on a quieter machine. By default "
                            "rounds run until every interval is within the target protocol's `interval` (±3 %) or "
-                           "`verify_seconds` have passed (then it warns).", 100),
+                           "`verify_seconds` have passed (then it warns). --rounds must give a finite interval: at "
+                           "least 6 at 95 %.", 100),
                        epilog=examples("""
                            modsearch verify studies/bible-en-fr.toml
                            modsearch verify studies/bible-en-fr.toml --rounds 40
@@ -74,6 +76,7 @@ def add_search_parser(sub, fmt, examples) -> None:
 
 def cmd_verify(a) -> int:
     from ..search import format_frontier, frontier_rows, verify_study
+    from ..search._summary import dropped_rows
     from ..search._config import StudyConfig
     from ..search._storage import open_storage
 
@@ -85,8 +88,9 @@ def cmd_verify(a) -> int:
 
     study = optuna.load_study(study_name=cfg.name, storage=storage)
     print(f"frontier of {cfg.name}, verified in {record['rounds']} interleaved rounds (teacher "
-          f"{record['teacher_ms']:.1f} ms):")
-    print(format_frontier(frontier_rows(study)))
+          f"{record['teacher_ms']:.1f} ms in them; milliseconds below are on the study's scale, teacher "
+          f"{(study.user_attrs.get('teacher') or {}).get('latency_ms', float('nan')):.1f} ms):")
+    print(format_frontier(frontier_rows(study), dropped_rows(study)))
     return 0
 def cmd_search(a) -> int:
     from ..search import format_frontier, run_search
@@ -103,7 +107,7 @@ def cmd_search(a) -> int:
           f"{ev.get('quality', 0)} quality and {ev.get('cost', 0)} cost evaluation(s) run, "
           f"{ev.get('cached', 0)} served from the cache; hypervolume {result.hypervolume:.4f} (teacher-normalised)")
     print(f"frontier ({len(result.frontier)} feasible Pareto-optimal trial(s)):")
-    print(format_frontier(result.frontier))
+    print(format_frontier(result.frontier, result.dropped))
     f = result.files
     print(f"\nstudy      {f['study_name']} in {f['storage']}   (optuna-dashboard {f['storage']})")
     print(f"trials     {f['csv']}" + (f", {f['parquet']}" if "parquet" in f else ""))

@@ -64,8 +64,8 @@ def ratio_interval(reference: Sequence[float], other: Sequence[float], confidenc
     coverage is at least ``confidence`` whatever the distribution). Robust by design: on a shared machine a
     round now and then runs one model through a stall (a ratio of 1.0 where the rest read 0.55); a mean
     would move with it, the median does not. ``half_width`` is the interval's larger relative distance from the
-    estimate: 0.03 means the ratio is known to ±3 %. Fewer than 6 rounds cannot give a 95 % interval: it is
-    then infinite."""
+    estimate: 0.03 means the ratio is known to ±3 %. Fewer than :func:`rounds_for_interval` rounds (6 at 95 %)
+    cannot give the interval: it is then [0, inf]."""
     import numpy as np
     from scipy import stats
 
@@ -86,6 +86,21 @@ def ratio_interval(reference: Sequence[float], other: Sequence[float], confidenc
     low, high = float(ratios[k - 1]), float(ratios[n - k])
     return {"ratio": ratio, "low": low, "high": high, "rounds": n,
             "half_width": max(high / ratio - 1.0, 1.0 - low / ratio)}
+
+
+def rounds_for_interval(confidence: float = 0.95) -> int:
+    """The fewest rounds whose ratios give a finite ``confidence`` interval in :func:`ratio_interval`: the
+    smallest ``n`` with ``P(Binomial(n, 1/2) = 0) = 0.5 ** n <= (1 - confidence) / 2``, since below it even
+    the extreme order statistics do not cover the median with that confidence and the interval is [0, inf].
+    6 at 95 %, 8 at 99 %.
+
+    >>> rounds_for_interval(0.95), rounds_for_interval(0.99)
+    (6, 8)
+    """
+    n = 1
+    while 0.5 ** n > (1 - confidence) / 2:
+        n += 1
+    return n
 
 
 def measure_paired(steps: Sequence[Step], protocol, *, reference: int = 0, rounds: int | None = None,

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .._errors import UserError
 from ..search._pareto import hypervolume, normalised_losses, pareto_front, reference_point
 from ..search._storage import open_storage
 
-__all__ = ["COST_AXES", "StudyResults", "TrialRecord", "open_results", "quality_label"]
+__all__ = ["COST_AXES", "StudyResults", "TrialRecord", "open_results", "quality_label", "results_of"]
 
 #: Cost metrics a report can put against quality, in display order (all minimised).
 COST_AXES = ("latency_ms", "profile_latency_ms", "flops", "params")
@@ -34,8 +34,12 @@ _SKIP_ATTRS = ("plan", "strategy", "depths", "timings", "cached", "fingerprint",
 
 @dataclass
 class TrialRecord:
-    """One completed trial: ``metrics`` holds every numeric figure recorded for it (quality, the task's
-    scores, params, params_ratio, flops, flops_ratio, latency..., speedup)."""
+    """One completed trial: ``metrics`` holds every numeric figure of it (quality, the task's scores, params,
+    params_ratio, flops, flops_ratio, latency..., speedup) as a user sees them: when ``modsearch verify``
+    measured its plan, the verified speed-up, its interval and the latencies that follow from it
+    (``verified`` is then true); ``trial_metrics`` always holds the trial's own figures. Both are on the study's
+    one millisecond scale (see :class:`StudyResults`). ``feasible`` is judged on ``metrics``,
+    ``trial_feasible`` on ``trial_metrics``."""
 
     number: int
     plan: str
@@ -45,6 +49,10 @@ class TrialRecord:
     values: list
     depths: dict = field(default_factory=dict)
     speedup_basis: str | None = None
+    verified: bool = False
+    trial_metrics: dict = field(default_factory=dict)
+    trial_feasible: bool | None = None
+    recorded: tuple | None = field(default=None, repr=False)  # (metrics, feasible) as stored, before any rescaling
 
     def get(self, key: str, default=None):
         return self.metrics.get(key, default)
@@ -52,7 +60,28 @@ class TrialRecord:
 
 @dataclass
 class StudyResults:
-    """The completed trials of a modsearch study and what the study knows about itself."""
+    """The completed trials of a modsearch study and what the study knows about itself.
+
+    **The figures are the verified ones.** Once ``modsearch verify`` has measured the frontier
+    (``verification``), every trial whose plan it measured takes the verified speed-up and the latencies that
+    follow from it, in :meth:`frontier`, :meth:`hypervolume`, :meth:`hypervolume_history`, :meth:`pick` (so
+    ``modsearch export --pick``) and feasibility; :meth:`dropped` lists the points that were on the front by
+    their trials' figures and are not by the verified ones, and ``frontier(verified=False)`` is the front by
+    trial figures alone.
+
+    **One millisecond scale.** A measured latency is a paired ratio to the teacher (``latency_ratio``, and its
+    interval as ``speedup_low``/``speedup_high``); ``latency_ms`` is that ratio times the teacher's
+    ``latency_ms`` stored on the study (its p50, measured once by the run that created the study), and a
+    verified point's is that same figure divided by its verified speed-up. Constraints and ``pick``
+    expressions in milliseconds read this scale; so do studies written before it was fixed, whose trials carry
+    the scale of whichever run timed them (they are rescaled here). ``latency_p90_ms`` is a plan's own p90 in
+    its measuring window and is not rescaled.
+
+    >>> res.frontier()[0].verified, res.frontier()[0].get("speedup")            # doctest: +SKIP
+    (True, 1.89)
+    >>> [(t.number, t.trial_metrics["speedup"]) for t in res.dropped()]          # doctest: +SKIP
+    [(51, 2.48)]
+    """
 
     name: str
     storage: str
@@ -65,10 +94,50 @@ class StudyResults:
     trials: list  # TrialRecord, by trial number
     n_trials_total: int  # every trial in the storage, including failed and running ones
     verification: dict | None = None  # `modsearch verify`'s record (modsearch.search._verify), if any
+    _applied: object = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self._refresh()
 
     def verified(self, plan: str) -> dict | None:
-        """The verified speed-up of ``plan`` (``{"speedup", "low", "high", "on_front", ...}``), if measured."""
+        """``modsearch verify``'s record of ``plan`` (``{"speedup", "low", "high", "latency_ms", "on_front",
+        "trial", ...}``; its ``latency_ms`` is on the scale of the verification's own teacher timing,
+        ``teacher_ms``), if measured. ``on_front`` is whether the plan was on the verified front when verified;
+        :meth:`frontier` and :meth:`dropped` give it for the trials as they are now."""
         return ((self.verification or {}).get("plans") or {}).get(plan)
+
+    def _refresh(self) -> None:
+        """Give every record its figures on the study's scale and with ``verification`` (which a caller may set
+        after construction). The records are replaced, not changed: two results may share them."""
+        if self._applied == (id(self.verification), id(self.trials), len(self.trials)):
+            return
+        from ..search._config import Constraint
+
+        cons = []
+        for text in self.identity.get("constraints") or []:
+            try:
+                cons.append(Constraint.parse(text, where="constraints"))
+            except UserError:
+                cons = None
+                break
+        objective = (self.verification or {}).get("objective")
+        records = []
+        for t in self.trials:
+            stored, feasible = t.recorded if t.recorded is not None else (dict(t.metrics), t.feasible)
+            trial = on_study_scale(stored, self.teacher)
+            v = self.verified(t.plan)
+            shown = with_verified(trial, v, self.teacher, objective) if v is not None else dict(trial)
+            records.append(replace(t, metrics=shown, feasible=self._feasible(shown, cons, feasible),
+                                   verified=v is not None, trial_metrics=trial,
+                                   trial_feasible=self._feasible(trial, cons, feasible), recorded=(stored, feasible)))
+        self.trials = records
+        self._applied = (id(self.verification), id(self.trials), len(self.trials))
+
+    def _feasible(self, metrics: dict, cons: list | None, stored: bool) -> bool:
+        """The study's constraints on ``metrics``; the stored verdict when a constraint cannot be read."""
+        if not cons or any(not _finite(metrics.get(c.metric)) for c in cons):
+            return stored
+        return all(c.violation(metrics[c.metric], self.teacher.get(c.metric)) <= 0 for c in cons)
 
     # -- basics -------------------------------------------------------------------------------------------
     @property
@@ -104,40 +173,70 @@ class StudyResults:
         return a > b if self.maximize else a < b
 
     # -- fronts -------------------------------------------------------------------------------------------
-    def _losses(self, t: TrialRecord, keys) -> list[float]:
-        return [(-t.get(k) if k == "quality" and self.maximize else t.get(k)) for k in keys]
+    def _losses(self, m: dict, keys) -> list[float]:
+        return [(-m[k] if k == "quality" and self.maximize else m[k]) for k in keys]
 
-    def frontier(self, objectives=None, feasible_only: bool = True) -> list[TrialRecord]:
+    def frontier(self, objectives=None, feasible_only: bool = True, verified: bool = True) -> list[TrialRecord]:
         """Non-dominated trials over ``objectives`` (default: the study's), one per plan (its first trial),
         cheapest first (by the first cost objective).
 
-        The same front as the search prints (:func:`modsearch.search.pareto_front`): of trials with identical
-        figures only the first is listed."""
+        The figures are the verified ones where ``modsearch verify`` measured a plan (see the class docstring);
+        ``verified=False`` gives the front by the trials' own figures (``trial_metrics``, ``trial_feasible``),
+        sorted by them. The same front as the search prints (:func:`modsearch.search.pareto_front`, the one
+        implementation): of trials with identical figures only the first is listed."""
+        self._refresh()
         keys = list(objectives or self.objectives)
+
+        def figures(t: TrialRecord) -> tuple[dict, bool]:
+            return (t.metrics, t.feasible) if verified else (t.trial_metrics, t.trial_feasible)
+
         seen, pool = set(), []
         for t in self.trials:
-            if (feasible_only and not t.feasible) or t.plan in seen:
+            m, ok = figures(t)
+            if (feasible_only and not ok) or t.plan in seen:
                 continue
-            if any(not _finite(t.get(k)) for k in keys):
+            if any(not _finite(m.get(k)) for k in keys):
                 continue
             seen.add(t.plan)
             pool.append(t)
-        front = [pool[i] for i in pareto_front([self._losses(t, keys) for t in pool])]
+        front = [pool[i] for i in pareto_front([self._losses(figures(t)[0], keys) for t in pool])]
         cost = keys[1] if len(keys) > 1 else keys[0]
-        return sorted(front, key=lambda t: (t.get(cost), t.number))
+        return sorted(front, key=lambda t: (figures(t)[0][cost], t.number))
+
+    def dropped(self, objectives=None) -> list[TrialRecord]:
+        """The trials that verification took off the front: on it by their trials' own figures, not by the
+        verified ones (their plan was verified slower than its trial said, or a point that dominates them now
+        was verified faster). Cheapest first by their trial figures; empty when the study was not verified.
+        A report can draw them, marked; ``trial_metrics`` holds what the trial measured, ``metrics`` what
+        verification did."""
+        if not self.verification:
+            return []
+        kept = {t.number for t in self.frontier(objectives)}
+        return [t for t in self.frontier(objectives, verified=False) if t.number not in kept]
+
+    def hypervolume(self) -> float:
+        """The teacher-normalised hypervolume of the feasible trials (verified figures where verified): the
+        last value of :meth:`hypervolume_history`."""
+        self._refresh()
+        teacher = [self.teacher.get(o) for o in self.objectives]
+        points = [normalised_losses([t.get(o) for o in self.objectives], teacher, self.maximize)
+                  for t in self.trials if t.feasible and all(_finite(t.get(o)) for o in self.objectives)]
+        return hypervolume(points, reference_point(len(self.objectives), self.maximize))
 
     def hypervolume_history(self) -> list[tuple[int, float]]:
         """(trial number, teacher-normalised hypervolume of the feasible front so far), at every trial.
 
         The same normalisation as the search's progress bar: each objective divided by the teacher's, quality
         as a loss, reference point quality 0 and costs 1.1x the teacher's."""
+        self._refresh()
         ref = reference_point(len(self.objectives), self.maximize)
         teacher = [self.teacher.get(o) for o in self.objectives]
         front: list[list[float]] = []
         hv, out = 0.0, []
         for t in self.trials:
-            if t.feasible and all(_finite(v) for v in t.values):
-                p = normalised_losses(t.values, teacher, self.maximize)
+            values = [t.get(o) for o in self.objectives]
+            if t.feasible and all(_finite(v) for v in values):
+                p = normalised_losses(values, teacher, self.maximize)
                 if not any(all(x <= y for x, y in zip(f, p)) for f in front):
                     front = [f for f in front if not all(x <= y for x, y in zip(p, f))] + [p]
                     hv = hypervolume(front, ref)
@@ -148,9 +247,12 @@ class StudyResults:
     def pick(self, condition: str, feasible_only: bool = True) -> TrialRecord:
         """The trial with the best quality among those that meet ``condition`` (one or more of
         ``METRIC <= NUMBER``, ``METRIC >= NUMBER * teacher``..., joined by ``,`` or ``and``); ties go to the
-        cheaper plan, then the earlier trial. Infeasible trials are left out unless ``feasible_only`` is off."""
+        cheaper plan, then the earlier trial. Infeasible trials are left out unless ``feasible_only`` is off.
+        Verified figures stand in for the trials' where a plan was verified; milliseconds are on the study's
+        scale (see the class docstring)."""
         from ..search._config import Constraint
 
+        self._refresh()
         parts = [p for chunk in condition.split(",") for p in chunk.split(" and ")]
         cons = [Constraint.parse(p.strip(), where="--pick") for p in parts if p.strip()]
         if not cons:
@@ -188,6 +290,37 @@ class StudyResults:
             head = (f"modsearch export {shlex.quote(self.config.get('bank', 'BANK'))} --storage "
                     f"{shlex.quote(self.storage)} --study-name {shlex.quote(self.name)}")
         return f"{head} --trial {number} --out {shlex.quote(out)}"
+
+
+def on_study_scale(metrics: dict, teacher: dict) -> dict:
+    """A trial's figures with ``latency_ms`` (and its interval) recomputed from its paired ratio and the
+    study's one teacher figure, ``teacher["latency_ms"]``: a no-op for a trial written on that scale, a fix for
+    one written by a run that multiplied by its own teacher timing."""
+    m = dict(metrics)
+    ms, ratio = teacher.get("latency_ms"), m.get("latency_ratio")
+    if not (_finite(ms) and _finite(ratio) and "latency_ms" in m):
+        return m
+    m["latency_ms"] = ratio * ms
+    if "speedup_high" in m and "speedup_low" in m:
+        m["latency_low_ms"] = ms / m["speedup_high"]
+        m["latency_high_ms"] = ms / m["speedup_low"] if m["speedup_low"] > 0 else math.inf
+    return m
+
+
+def with_verified(metrics: dict, v: dict, teacher: dict, objective: str | None) -> dict:
+    """A trial's figures with ``modsearch verify``'s record ``v`` of its plan standing in: the speed-up and its
+    interval, the ratio, and each latency the teacher has (``latency_ms`` and the verified ``objective``) as the
+    teacher's figure divided by the verified speed-up, so on the study's scale."""
+    m = dict(metrics)
+    s = v["speedup"]
+    m.update({"speedup": s, "speedup_low": v["low"], "speedup_high": v["high"], "latency_ratio": 1.0 / s})
+    for k in dict.fromkeys(("latency_ms", objective)):
+        if k and _finite(teacher.get(k)):
+            m[k] = teacher[k] / s
+            if k == "latency_ms":
+                m["latency_low_ms"] = teacher[k] / v["high"]
+                m["latency_high_ms"] = teacher[k] / v["low"] if v["low"] > 0 else math.inf
+    return m
 
 
 def quality_label(config: dict) -> str:
@@ -248,14 +381,21 @@ def open_results(source: str | None = None, *, storage: str | None = None,
                             f"(it has: {', '.join(names) or 'none'})") from None
         except Exception as exc:
             raise UserError(f"cannot read study {study_name!r} from {storage}: {str(exc).splitlines()[0]}") from None
-        attrs = study.user_attrs
-        if "modsearch" not in attrs or "teacher" not in attrs:
-            raise UserError(f"study {study_name!r} in {storage} was not made by 'modsearch search'")
-        all_trials = study.get_trials(deepcopy=False)
-        names = study.metric_names or attrs["modsearch"].get("objectives")
-        directions = [d.name.lower() for d in study.directions]
+        return results_of(study, storage=storage, source=src)
     finally:
         optuna.logging.set_verbosity(previous)
+
+
+def results_of(study, *, storage: str = "", source: str | None = None) -> StudyResults:
+    """:class:`StudyResults` of an Optuna study object that :func:`modsearch.search.run_search` made (what
+    :func:`open_results` returns once it has loaded the study)."""
+    attrs = study.user_attrs
+    study_name = study.study_name
+    if "modsearch" not in attrs or "teacher" not in attrs:
+        raise UserError(f"study {study_name!r} in {storage} was not made by 'modsearch search'")
+    all_trials = study.get_trials(deepcopy=False)
+    names = study.metric_names or attrs["modsearch"].get("objectives")
+    directions = [d.name.lower() for d in study.directions]
     records = []
     for t in all_trials:
         if t.state.name != "COMPLETE" or t.values is None:
@@ -268,7 +408,7 @@ def open_results(source: str | None = None, *, storage: str | None = None,
                                    depths=a.get("depths") or {}, speedup_basis=a.get("speedup_basis")))
     records.sort(key=lambda r: r.number)
     teacher = {k: v for k, v in attrs["teacher"].items()}
-    return StudyResults(name=study_name, storage=storage, source=src, objectives=list(names),
+    return StudyResults(name=study_name, storage=storage, source=source, objectives=list(names),
                         maximize=directions[0] == "maximize", teacher=teacher, config=attrs.get("config") or {},
                         identity=attrs["modsearch"], trials=records, n_trials_total=len(all_trials),
                         verification=attrs.get("verification"))

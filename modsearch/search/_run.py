@@ -37,7 +37,7 @@ from ._evaluator import PlanEvaluator
 from ._samplers import make_sampler
 from ._seeds import limit_seeds, seed_plans
 from ._storage import open_storage, quiet_warnings
-from ._summary import ProgressBar, export_trials, frontier_rows, study_hypervolume
+from ._summary import ProgressBar, dropped_rows, export_trials, frontier_rows, study_hypervolume
 
 __all__ = ["PLAN_TRIAL_FACTOR", "SearchResult", "fail_dead_trials", "run_search"]
 
@@ -47,10 +47,12 @@ PLAN_TRIAL_FACTOR = 10  # a budget of n plans also stops at 10 n trials, should 
 
 @dataclass
 class SearchResult:
-    """What :func:`run_search` did: the study, its frontier rows, counts and where results were written."""
+    """What :func:`run_search` did: the study, its frontier rows (verified figures where verified), the rows
+    verification took off the front, counts and where results were written."""
 
     study: object
     frontier: list[dict]
+    dropped: list[dict]
     n_trials: int
     new_trials: int
     interrupted: bool
@@ -61,12 +63,34 @@ class SearchResult:
     n_plans: int = 0  # distinct plans in the study
 
 
+#: The teacher's figures that set the study's millisecond scale (see :func:`stated_teacher`).
+LATENCY_SCALE = ("latency_ms", "latency_low_ms", "latency_high_ms")
+
+
+def stated_teacher(study, teacher: dict) -> dict:
+    """``teacher`` (this run's figures) with the study's millisecond scale: the teacher's ``latency_ms`` stored
+    on the study by the run that created it.
+
+    A trial's measured latency is a dimensionless paired ratio to the teacher; ``latency_ms`` is that ratio
+    times this one stated teacher p50, whichever run or worker timed the plan. The teacher's own p50, measured
+    again by every run, drifts by tens of percent on a shared machine: multiplying by it would mix scales in one
+    study. Constraints in milliseconds (``latency_ms <= 40``) read the same figure."""
+    stored = study.user_attrs.get("teacher") or {}
+    return teacher | {k: stored[k] for k in LATENCY_SCALE if k in teacher and isinstance(stored.get(k), float)}
+
+
 def _metrics(rec: dict, teacher: dict | None) -> dict:
-    """The flat metrics of an evaluation record, with ratios and speedup against the teacher."""
+    """The flat metrics of an evaluation record, with ratios and speedup against the teacher. With a teacher
+    that has ``latency_ms``, a paired ``latency_ratio`` becomes milliseconds on the teacher's scale
+    (:func:`stated_teacher`), not on the scale of the run that evaluated the record."""
     m = {k: rec[k] for k in ("quality", "params", "params_ratio", "flops", "latency_ms", "latency_low_ms",
                              "latency_high_ms", "latency_p90_ms", "latency_ratio", "latency_rounds",
                              "latency_interval_met", "profile_latency_ms") if rec.get(k) is not None}
     m.update({k: v for k, v in rec["scores"].items() if k not in m})
+    if teacher and rec.get("latency_ratio") and teacher.get("latency_ms"):
+        ms = teacher["latency_ms"]
+        m.update({"latency_ms": rec["latency_ratio"] * ms, "latency_low_ms": rec["latency_ratio_low"] * ms,
+                  "latency_high_ms": rec["latency_ratio_high"] * ms})
     if teacher:
         if teacher.get("flops"):
             m["flops_ratio"] = m.get("flops", float("nan")) / teacher["flops"]
@@ -125,6 +149,10 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
     if not bank.has_tokenizer():
         raise UserError(f"bank {bank.path} has no tokenizer: scoring text needs one")
     target = HardwareTarget.resolve(cfg.target)
+    if cfg.verify_after and cfg.latency_objective():
+        from ._verify import check_rounds
+
+        check_rounds(cfg.verify_rounds, target.protocol.confidence, "verify.rounds =")
     if cfg.needs_latency():
         # Measured latency needs the target's device here; quality, FLOPs, params and profile latency do not,
         # so CPU-only quality workers can join a study whose target is a GPU.
@@ -174,6 +202,7 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
             study.set_user_attr("modsearch", identity)
             study.set_user_attr("teacher", {"plan": teacher_rec["plan"], **teacher})
             study.set_user_attr("config", cfg.to_json())
+        teacher = stated_teacher(study, teacher)
 
         known = {t.user_attrs.get("plan") for t in study.get_trials(deepcopy=False)
                  if t.state.name in ("COMPLETE", "WAITING")}
@@ -252,9 +281,9 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
     files = export_trials(study, cfg.output)
     frontier = frontier_rows(study)
     finished_after = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name in _FINISHED)
-    hv = study_hypervolume(study, teacher, cfg.objectives, maximize)
+    hv = study_hypervolume(study)
     files.update({"storage": cfg.storage, "study_name": cfg.name, "cache": cfg.cache or ""})
-    return SearchResult(study=study, frontier=frontier, n_trials=finished_after,
+    return SearchResult(study=study, frontier=frontier, dropped=dropped_rows(study), n_trials=finished_after,
                         new_trials=finished_after - finished, interrupted=interrupted,
                         evaluations=dict(evaluator.counts) | ({"cache_hits": cache.hits} if cache else {}),
                         hypervolume=hv, files=files, teacher=teacher, n_plans=len(_study_plans(study)))

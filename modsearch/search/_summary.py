@@ -50,9 +50,12 @@ def _feasible_losses(study, teacher, objectives, maximize) -> list[list[float]]:
             if tr.state.name == "COMPLETE" and tr.user_attrs.get("feasible", True)]
 
 
-def study_hypervolume(study, teacher, objectives, maximize) -> float:
-    points = _feasible_losses(study, teacher, objectives, maximize)
-    return hypervolume(points, reference_point(len(objectives), maximize))
+def study_hypervolume(study) -> float:
+    """The study's teacher-normalised hypervolume as :meth:`modsearch.results.StudyResults.hypervolume` gives
+    it (verified figures where verified); the progress bar's, during the search, reads the trials' own."""
+    from ..results._study import results_of
+
+    return results_of(study).hypervolume()
 
 
 # -- results ---------------------------------------------------------------------------------------------------
@@ -90,37 +93,40 @@ def export_trials(study, out_dir: str) -> dict:
 
 
 def frontier_rows(study) -> list[dict]:
-    """The feasible Pareto-optimal trials, cheapest first, as table rows: the same front as
-    :meth:`modsearch.results.StudyResults.frontier` (one :func:`pareto_front`, the first trial of each plan).
+    """The feasible Pareto-optimal trials, cheapest first, as table rows: exactly
+    :meth:`modsearch.results.StudyResults.frontier`, so after ``modsearch verify`` the front by the verified
+    figures (a verified row carries ``verified = True`` and its trial's own speed-up as ``trial_speedup``).
 
     A plan that several trials share (a sampler may propose a known plan; it gets the cached values) is listed
     once, under its first trial."""
-    names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
-    signs = [-1.0 if d.name == "MAXIMIZE" else 1.0 for d in study.directions]
-    pool, seen = [], set()
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if t.state.name != "COMPLETE" or not t.user_attrs.get("feasible", True) or t.user_attrs.get("plan") in seen:
-            continue
-        if not all(math.isfinite(v) for v in t.values):
-            continue
-        seen.add(t.user_attrs.get("plan"))
-        pool.append(t)
-    rows = []
-    verified = (study.user_attrs.get("verification") or {}).get("plans", {})
-    for i in pareto_front([[s * v for s, v in zip(signs, t.values)] for t in pool]):
-        t = pool[i]
-        row = {"trial": t.number, "plan": t.user_attrs.get("plan"), "strategy": t.user_attrs.get("strategy")}
-        row.update(dict(zip(names, t.values)))
-        for k in ("params_ratio", "speedup", "speedup_low", "speedup_high", "speedup_basis"):
-            if k in t.user_attrs:
-                row[k] = t.user_attrs[k]
-        v = verified.get(row["plan"])
-        if v:
-            row.update({"verified_speedup": v["speedup"], "verified_low": v["low"], "verified_high": v["high"],
-                        "verified_on_front": v["on_front"]})
-        rows.append(row)
-    key = names[1] if len(names) > 1 else names[0]
-    return sorted(rows, key=lambda r: (r[key], r["trial"]))
+    from ..results._study import results_of
+
+    res = results_of(study)
+    return [_row(res, t) for t in res.frontier()]
+
+
+def dropped_rows(study) -> list[dict]:
+    """The trials that verification took off the front (:meth:`modsearch.results.StudyResults.dropped`), as
+    rows like :func:`frontier_rows`'; empty for a study not verified."""
+    from ..results._study import results_of
+
+    res = results_of(study)
+    return [_row(res, t) for t in res.dropped()]
+
+
+def _row(res, t) -> dict:
+    row = {"trial": t.number, "plan": t.plan, "strategy": t.strategy}
+    row.update({n: t.get(n) for n in res.objectives})
+    for k in ("params_ratio", "speedup", "speedup_low", "speedup_high"):
+        if k in t.metrics:
+            row[k] = t.get(k)
+    if t.speedup_basis:
+        row["speedup_basis"] = t.speedup_basis
+    if res.verification:
+        row["verified"] = t.verified
+    if t.verified:
+        row["trial_speedup"] = t.trial_metrics.get("speedup")
+    return row
 
 
 def _fmt(k: str, v) -> str:
@@ -135,38 +141,41 @@ def _fmt(k: str, v) -> str:
     return "" if v is None else str(v)
 
 
-_FOLDED = ("speedup_basis", "speedup_low", "speedup_high", "verified_speedup", "verified_low", "verified_high",
-           "verified_on_front")
+_FOLDED = ("speedup_basis", "speedup_low", "speedup_high", "verified", "trial_speedup")
 
 
 def _interval(v, lo, hi) -> str:
     return f"{v:.2f}x [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else f"{v:.2f}x"
 
 
-def format_frontier(rows: list[dict]) -> str:
-    """The frontier as an aligned text table. A paired speed-up shows its 95 % interval; a verified one
-    (``modsearch verify``) gets a column of its own, and a point that verification knocks off the front says so."""
+def format_frontier(rows: list[dict], dropped: list[dict] = ()) -> str:
+    """The frontier as an aligned text table. A paired speed-up shows its 95 % interval. After ``modsearch
+    verify`` the figures of verified points are the verified ones, and a column ``figures`` says which rows
+    they are (with what the trial had measured); ``dropped`` (:func:`dropped_rows`) are listed below the table
+    as points that verification took off the front."""
     if not rows:
         return "(no feasible completed trial yet)"
     rows = [dict(r) for r in rows]
     for r in rows:
         if r.get("speedup") is not None and "speedup_low" in r:
             r["speedup"] = _interval(r["speedup"], r.get("speedup_low"), r.get("speedup_high"))
-        if any("verified_speedup" in x for x in rows):
-            r["verified"] = ("not verified" if "verified_speedup" not in r else
-                             _interval(r["verified_speedup"], r["verified_low"], r["verified_high"])
-                             + ("" if r["verified_on_front"] else "  OFF THE FRONT"))
+        if "verified" in r:
+            r["figures"] = (f"verified (trial {r['trial_speedup']:.2f}x)" if r["verified"] and
+                            isinstance(r.get("trial_speedup"), float) else "verified" if r["verified"] else "trial")
     cols = [c for c in rows[0] if c not in _FOLDED]
-    if any("verified" in r for r in rows) and "verified" not in cols:
-        cols.append("verified")
-    if "speedup" in cols and rows[0].get("speedup_basis"):
-        header = {c: (f"speedup ({rows[0]['speedup_basis']})" if c == "speedup" else c) for c in cols}
-    else:
-        header = {c: c for c in cols}
+    bases = {r.get("speedup_basis") for r in rows}
+    basis = next(iter(bases)) if len(bases) == 1 else None
+    header = {c: (f"speedup ({basis})" if c == "speedup" and basis else c) for c in cols}
     cells = [[_fmt(c, r.get(c)) for c in cols] for r in rows]
     widths = [max(len(header[c]), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(header[c].ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    if dropped:
+        lines.append(f"{len(dropped)} point(s) dropped off the front when verified:")
+        lines += [f"  trial {r['trial']} {r['plan']}: trial {r.get('trial_speedup') or r.get('speedup'):.2f}x, "
+                  + (f"verified {_interval(r['speedup'], r.get('speedup_low'), r.get('speedup_high'))}"
+                     if r.get("verified") else "not verified, dominated by verified points")
+                  for r in dropped]
     return "\n".join(lines)
 
 
