@@ -93,7 +93,7 @@ def _shown() -> list[tuple[str, list[str]]]:
 
 def _program(argv: list[str]) -> tuple[str, list[str]]:
     """What runs, and its arguments: ``modsearch`` (however invoked), ``python SCRIPT``, or another program."""
-    while argv and argv[0] in ("/usr/bin/time", "-v", "nice", "-n", "10") or (argv and re.fullmatch(r"\w+=\S*", argv[0])):
+    while argv and (argv[0] in ("/usr/bin/time", "-v", "nice", "-n", "10") or re.fullmatch(r"\w+=\S*", argv[0])):
         argv = argv[1:]
     head = os.path.basename(argv[0])
     if head == "modsearch":

@@ -95,14 +95,17 @@ window.addEventListener('load', function(){ setTimeout(function(){
 </script>"""
 
 
-def _render(chromium: str, page: str, tmp_path, budget_ms: int = 20000) -> tuple[dict, float]:
-    """Open ``page`` in headless Chromium; return what the probe read from the DOM and the seconds it took."""
+def _render(chromium: str, page: str, tmp_path, budget_ms: int = 20000, probe: str = _PROBE,
+            window: str = "1280,800") -> tuple[dict, float]:
+    """Open ``page`` in headless Chromium (a ``window`` of width,height pixels); return what the probe read from
+    the DOM and the seconds it took."""
     text = open(page, encoding="utf-8").read()
     probed = tmp_path / ("probed-" + os.path.basename(page))
-    probed.write_text(text.replace("<head>", "<head>" + _PROBE, 1), encoding="utf-8")
+    probed.write_text(text.replace("<head>", "<head>" + probe, 1), encoding="utf-8")
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
            "--disable-background-networking", "--disable-extensions", f"--user-data-dir={tmp_path / 'chrome'}",
-           f"--virtual-time-budget={budget_ms}", "--dump-dom", probed.as_uri()]
+           f"--window-size={window}", "--hide-scrollbars", f"--virtual-time-budget={budget_ms}", "--dump-dom",
+           probed.as_uri()]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     seconds = time.perf_counter() - t
@@ -153,6 +156,53 @@ def test_comparison_page_overlays_studies_of_one_bank(study, tmp_path):
     assert "cmp-params" in ids and "hv-cmp" in ids  # params is the cost both studies measured
     assert {"front-0-flops", "front-1-params", "plans-0", "plans-1"} <= set(ids)
     assert sum(h.startswith("tiny") or h.startswith("small") for h in probe["headlines"]) == 2
+
+
+# Reads the page's layout as the browser drew it: where the choice panel sits against the first viewport, and,
+# for every plot, the boxes of its legend, its legend entries, its plot areas and its titles.
+_LAYOUT_PROBE = """<script>
+window.addEventListener('load', function(){ setTimeout(function(){
+  function box(el){ var r = el.getBoundingClientRect();
+    return {left: r.left + window.scrollX, top: r.top + window.scrollY, right: r.right + window.scrollX,
+            bottom: r.bottom + window.scrollY}; }
+  function all(root, sel){ return Array.from(root.querySelectorAll(sel)).map(box); }
+  var panel = document.querySelector('section.choice');
+  var out = {viewport: {width: window.innerWidth, height: window.innerHeight},
+    panel: panel ? box(panel) : null,
+    panel_rows: panel ? panel.querySelectorAll('tbody tr').length : 0,
+    panel_commands: panel ? Array.from(panel.querySelectorAll('code.cmd'))
+      .map(function(c){ return c.textContent; }) : [],
+    plots: Array.from(document.querySelectorAll('.js-plotly-plot')).map(function(p){
+      var legend = p.querySelector('g.legend');
+      return {id: p.id, svg: box(p.querySelector('.main-svg')),
+              legend: legend ? box(legend.querySelector('rect.bg') || legend) : null,
+              entries: legend ? all(legend, 'g.traces') : [],
+              areas: all(p, '.nsewdrag'),
+              titles: all(p, '.g-xtitle text, .g-ytitle text, .gtitle, .g-x2title text')}; })};
+  var pre = document.createElement('pre'); pre.id = '__probe'; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+}, 500); });
+</script>"""
+
+
+def _overlap(a: dict, b: dict, slack: float = 0.5) -> bool:
+    return (min(a["right"], b["right"]) - max(a["left"], b["left"]) > slack
+            and min(a["bottom"], b["bottom"]) - max(a["top"], b["top"]) > slack)
+
+
+def _check_layout(probe: dict) -> None:
+    for p in probe["plots"]:
+        if p["legend"] is None:
+            continue
+        lg = p["legend"]
+        assert not any(_overlap(lg, area) for area in p["areas"]), (p["id"], "legend over the plot", lg, p["areas"])
+        assert not any(_overlap(lg, t) for t in p["titles"]), (p["id"], "legend over a title", lg, p["titles"])
+        entries = p["entries"]
+        for i, a in enumerate(entries):
+            assert not any(_overlap(a, b) for b in entries[i + 1:]), (p["id"], "legend entries overlap", entries)
+        # drawn inside its figure, not cut off at an edge
+        svg = p["svg"]
+        assert lg["left"] >= svg["left"] - 1 and lg["right"] <= svg["right"] + 1, (p["id"], lg, svg)
 
 
 def _synthetic(n: int = 10_000, seed: int = 0) -> StudyResults:
@@ -353,3 +403,49 @@ def test_verified_frontier_is_drawn_with_its_intervals():
     # No verification record, or one for another cost axis: no such trace.
     res.verification = None
     assert not any(t.name.startswith("verified") for t in report.frontier_figure(res, "latency_ms").data)
+
+
+@needs_browser
+@pytest.mark.parametrize("window", ["1280,800", "1024,768"])
+def test_choice_panel_is_in_the_first_viewport_and_no_legend_overlaps(study, tmp_path, window):
+    page = str(tmp_path / "tiny.html")
+    assert main(["report", str(study / "tiny.toml"), "--out", page]) == 0
+    res = open_results(str(study / "tiny.toml"))
+    probe, _ = _render(_chromium(), page, tmp_path, probe=_LAYOUT_PROBE, window=window)
+    panel, vp = probe["panel"], probe["viewport"]
+    assert panel is not None and 0 <= panel["top"] and panel["bottom"] <= vp["height"], (panel, vp)
+    # the choice: every frontier point, with the commands that export it and heal it
+    front = res.frontier()
+    assert probe["panel_rows"] == len(front)
+    for t in front:
+        assert res.export_command(t.number) in probe["panel_commands"]
+        assert any(c.startswith("modsearch heal ") and f"--trial {t.number} " in c for c in probe["panel_commands"])
+    assert {p["id"] for p in probe["plots"]} >= {"front-0-flops", "plans-0"}
+    _check_layout(probe)
+
+
+@needs_browser
+def test_a_verified_study_opens_on_its_verified_frontier(tmp_path, monkeypatch):
+    import modsearch.report as report
+    import modsearch.report._figures as figures
+
+    monkeypatch.setattr(figures, "_blocks", lambda plan: [[(i, i, "layer") for i in range(6)]] * 2)
+    res = _synthetic(n=400)
+    front = res.frontier(["quality", "latency_ms"])
+    plans = {t.plan: {"trial": t.number, "speedup": 50 / t.get("latency_ms"), "low": 50 / t.get("latency_ms") * 0.97,
+                      "high": 50 / t.get("latency_ms") * 1.02, "half_width": 0.03, "latency_ms": t.get("latency_ms"),
+                      "on_front": True} for t in front[:8]}
+    res.verification = {"objective": "latency_ms", "teacher_ms": 50.0, "rounds": 30, "confidence": 0.95,
+                        "plans": plans}
+    page = tmp_path / "big.html"
+    page.write_text(report.build_report([res]), encoding="utf-8")
+    probe, _ = _render(_chromium(), str(page), tmp_path, probe=_LAYOUT_PROBE)
+    panel, vp = probe["panel"], probe["viewport"]
+    # A long frontier scrolls inside the panel; the panel itself stays in the first viewport.
+    assert panel is not None and panel["bottom"] <= vp["height"], (panel, vp)
+    assert probe["panel_rows"] == len(res.frontier())
+    _check_layout(probe)
+    html_text = page.read_text(encoding="utf-8")
+    first = html_text.index('id="choice-0"')
+    assert first < html_text.index('id="front-0-latency_ms"')  # the choice comes before any figure
+    assert "verified" in html_text[first:first + 20000]

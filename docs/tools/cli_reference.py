@@ -23,7 +23,8 @@ def _subparsers(parser: argparse.ArgumentParser):
 
 
 def verbs(parser: argparse.ArgumentParser | None = None, prefix: str = PROG):
-    """Every leaf command as ``(full command, one-line help, parser)``: ``modsearch bank init``, ``modsearch plans``..."""
+    """Every leaf command as ``(full command, one-line help, parser)``: ``modsearch bank init``, ``modsearch plans``,
+    ..."""
     parser = parser or build_parser()
     for name, help_text, sub in _subparsers(parser):
         full = f"{prefix} {name}"
@@ -66,7 +67,7 @@ def _help(action: argparse.Action) -> str:
 
 def _default(action: argparse.Action) -> str:
     d = action.default
-    if action.nargs == 0 or d is None or d is argparse.SUPPRESS or d == [] or d is False:
+    if action.nargs == 0 or d is None or d is argparse.SUPPRESS or d in ([], "") or d is False:
         return ""
     return f"`{d}`"
 
@@ -110,7 +111,8 @@ def render() -> str:
         out.append(f"| [`{full}`](#{anchor}) | {_cell(help_text)} |")
     out.append("")
     for full, help_text, sub in all_verbs:
-        out.append(render_verb(full, help_text, sub).replace(f"## `{full}`", f"## `{full}` {{ #{full.replace(' ', '-')} }}", 1))
+        anchor = full.replace(" ", "-")
+        out.append(render_verb(full, help_text, sub).replace(f"## `{full}`", f"## `{full}` {{ #{anchor} }}", 1))
     return "\n".join(out)
 
 

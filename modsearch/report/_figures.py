@@ -144,7 +144,7 @@ def frontier_figure(res: StudyResults, cost: str, max_points: int = 2000, colour
     tq = res.teacher.get("quality")
     if tq is not None and baselines:
         fig.add_hline(y=tq, line=dict(color="#555", width=1, dash="dot"),
-                      annotation_text=f"teacher {q} {_num(tq)}", annotation_position="bottom right",
+                      annotation_text=f"teacher {q} {_num(tq)}", annotation_position="bottom left",
                       annotation_font=dict(size=10, color="#555"))
     fig.update_layout(
         title=dict(text=f"{q} against {_AXIS_LABEL[cost]}" + (f" \u2014 target {res.target_name}"
@@ -292,9 +292,12 @@ def plan_diagram(res: StudyResults, rows=None, max_rows: int = 80):
             fig.update_xaxes(range=[0, depths[s]], dtick=1, title_text="layer position", row=1, col=s + 1)
     fig.update_yaxes(categoryorder="array", categoryarray=list(reversed(labels)), autorange=True)
     fig.update_layout(barmode="overlay", bargap=0.25, template="plotly_white",
-                      height=max(260, 90 + 26 * len(labels)), title=dict(
+                      height=max(300, 90 + 26 * len(labels)), title=dict(
                           text="Where the compression went: frontier plans, cheapest at the bottom", font=dict(size=16)),
-                      legend=dict(orientation="h", y=-0.12 if len(labels) > 6 else -0.3),
+                      # The legend in a column of its own right of the plots: below them, a horizontal legend ran
+                      # into the axis titles in Chromium whenever the diagram had few rows.
+                      legend=dict(orientation="v", x=1.01, xanchor="left", y=1, yanchor="top",
+                                  title=dict(text="block"), tracegroupgap=4),
                       margin=dict(l=230, r=20, t=70, b=60))
     return fig
 

@@ -2,6 +2,10 @@
 
 The page reads only the study storage (through :mod:`modsearch.results`); it never assembles a model. It holds:
 
+- first, within the first screen, the choice the page is for: every point of the verified frontier
+  (:meth:`~modsearch.results.StudyResults.frontier`) with what it keeps of the teacher's quality, its verified
+  speed-up and interval (:meth:`~modsearch.results.StudyResults.verified`), and the commands that export it or
+  heal it first;
 - a headline computed from the data ("at 2.0x the teacher's speed, chrF 41.2 (-3.1 %)"), beside the best
   known strategy at that speed, so a reader sees what the search bought;
 - quality against each measured cost (latency, FLOPs, params): the frontier drawn strong, dominated and
@@ -30,7 +34,7 @@ import os
 from .._errors import UserError
 from .._io import write_text
 from ..results._study import StudyResults, open_results
-from ._figures import (_COST_SHORT, _STUDY_COLOURS, _num, _pct, frontier_figure, headline, hypervolume_figure,
+from ._figures import (_COST_SHORT, _STUDY_COLOURS, _num, _pct, _ratio, frontier_figure, headline, hypervolume_figure,
                        plan_diagram)
 
 __all__ = ["build_report", "write_report"]
@@ -66,6 +70,64 @@ def _table(res: StudyResults, rows, table_id: str) -> str:
     return "".join(out)
 
 
+def _heal_command(res: StudyResults, number: int) -> str:
+    """The shell command that heals trial ``number`` before exporting it (the user names the training text)."""
+    out = os.path.join("exports", f"{res.name}-t{number}-healed")
+    cmd = res.export_command(number, out=out)
+    return cmd.replace("modsearch export", "modsearch heal", 1).replace(" --out ", " --data TRAIN.jsonl "
+                                                                         "--minutes 10 --out ", 1)
+
+
+def _speed_cell(res: StudyResults, t, cost: str) -> tuple[float, str]:
+    """How much cheaper than the teacher, as the user deploys by it: the verified speed-up with its interval where
+    ``modsearch verify`` measured the plan, else the trial's own figure, marked as such."""
+    if cost in ("latency_ms", "profile_latency_ms") and t.get("speedup") is not None:
+        v = res.verified(t.plan)
+        if v is not None:
+            return v["speedup"], (f'<b>{v["speedup"]:.2f}\u00d7</b> <span class="iv">[{v["low"]:.2f}, '
+                                  f'{v["high"]:.2f}] verified</span>')
+        sp = t.get("speedup")
+        label = "teacher" if t.strategy == "teacher" else "trial, not verified"
+        return sp, f'<b>{sp:.2f}\u00d7</b> <span class="iv">{label}</span>'
+    r = _ratio(res, t, cost)
+    return r, f"<b>{r:.2f}\u00d7</b> <span class=\"iv\">fewer {html.escape(_COST_SHORT[cost])}</span>"
+
+
+def _choice_panel(res: StudyResults, idx: int) -> str:
+    """The decision the page is for, first: each point of the verified frontier with what it keeps of the
+    teacher's quality, what it buys, and the two commands that ship it (export, or heal then export)."""
+    q, tq = res.quality_name, res.teacher.get("quality")
+    costs = [o for o in res.objectives[1:] if o in res.cost_axes()] or res.cost_axes()
+    cost = costs[0] if costs else "params"
+    front = res.frontier()
+    verified = bool((res.verification or {}).get("plans"))
+    what = "speed-up" if cost in ("latency_ms", "profile_latency_ms") else f"{_COST_SHORT[cost]} vs teacher"
+    rows = []
+    for t in front:
+        _v, speed = _speed_cell(res, t, cost)
+        ship = ("" if t.strategy == "teacher" else
+                f'<code class="cmd">{html.escape(res.export_command(t.number))}</code>'
+                f'<code class="cmd">{html.escape(_heal_command(res, t.number))}</code>')
+        rows.append(f"<tr><td><b>{_num(t.get('quality'))}</b> <span class=\"iv\">"
+                    f"{_pct(t.get('quality'), tq) if t.strategy != 'teacher' else 'teacher'}</span></td>"
+                    f"<td>{speed}</td><td>{t.number}</td><td><code>{html.escape(t.plan)}</code></td>"
+                    f"<td class=\"ship\">{ship}</td></tr>")
+    dropped = getattr(res, "dropped", None)
+    fell = dropped() if callable(dropped) else []
+    note = (f'{len(fell)} point(s) fell off the front when verified and are left out (trial '
+            + ", ".join(str(t.number) for t in fell) + ")." if fell else "")
+    basis = ("Speed-ups are verified: the teacher and every point timed together, 95 % intervals."
+             if verified else ("Not verified yet: run <code>modsearch verify</code> for speed-ups to deploy by."
+                               if cost == "latency_ms" else ""))
+    return (f'<section class="choice" id="choice-{idx}"><h2>Choose a point: {html.escape(q)} against {what}</h2>'
+            f'<p class="meta">The frontier{" (verified)" if verified else ""}, fastest first: each row keeps this '
+            f"much of the teacher's {html.escape(q)} for this much {what}. Copy a command: export the point as a "
+            f"standalone Hugging Face model, or heal it first (replace TRAIN.jsonl with training text). {basis} "
+            f"{note}</p><div class=\"choice-scroll\"><table class=\"choice-table\"><thead><tr>"
+            f"<th>{html.escape(q)}</th><th>{what}</th><th>trial</th><th>plan</th><th>ship it</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div></section>")
+
+
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1280px;color:#222;
 padding:0 16px;line-height:1.45}
@@ -79,6 +141,12 @@ table.sortable td{padding:4px 6px;border-bottom:1px solid #eee;vertical-align:to
 table.sortable tr:hover td{background:#fafad2} code{font-size:12px} code.cmd{user-select:all;color:#0b5394}
 .milestones{font-size:13px;border-collapse:collapse} .milestones td,.milestones th{padding:3px 10px;
 border-bottom:1px solid #eee;text-align:left} .plot{margin:8px 0 18px}
+.choice{border:1px solid #cfe0ef;border-radius:6px;padding:4px 14px 10px;margin:10px 0 18px;background:#fbfdff}
+.choice h2{margin-top:8px;border:0;font-size:18px} .choice .meta{margin:2px 0 8px}
+.choice-scroll{max-height:42vh;overflow-y:auto} table.choice-table{border-collapse:collapse;font-size:13px;width:100%}
+table.choice-table th{text-align:left;background:#f2f6fa;padding:4px 8px;position:sticky;top:0}
+table.choice-table td{padding:4px 8px;border-bottom:1px solid #eee;vertical-align:top;white-space:nowrap}
+.iv{color:#666;font-size:11.5px} td.ship code.cmd{display:block;white-space:nowrap;font-size:11.5px}
 """
 
 _SORT_JS = """
@@ -118,6 +186,8 @@ def _study_section(res: StudyResults, idx: int, max_points: int, title: bool) ->
     parts.append(f'<div class="headline" id="headline-{idx}">{html.escape(h["text"])}</div>')
     if h.get("baseline_text"):
         parts.append(f'<div class="sub">{html.escape(h["baseline_text"])}</div>')
+    if front:
+        parts.append(_choice_panel(res, idx))
     parts.append(f'<p class="meta">{len(res.trials):,} completed trials ({feas:,} feasible) of '
                  f'{res.n_trials_total:,} in the study; objectives {", ".join(res.objectives)}; '
                  f'constraints: {html.escape(", ".join(res.identity.get("constraints") or []) or "none")}; '
