@@ -5,6 +5,6 @@ it lives in.
 >>> res.frontier()                                           # doctest: +SKIP
 """
 
-from ._study import BASELINES, COST_AXES, StudyResults, TrialRecord, open_results, quality_label
+from ._study import BASELINES, COST_AXES, StudyResults, TrialRecord, open_results, quality_label, results_of
 
-__all__ = ["BASELINES", "COST_AXES", "StudyResults", "TrialRecord", "open_results", "quality_label"]
+__all__ = ["BASELINES", "COST_AXES", "StudyResults", "TrialRecord", "open_results", "quality_label", "results_of"]

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .._errors import UserError
-from ..search._pareto import hypervolume, normalised_losses, pareto_front, reference_point
+from ..search._figures import TrialRecord, dropped, front, records_hypervolume, trial_records, with_figures
+from ..search._pareto import hypervolume, normalised_losses, reference_point
 from ..search._storage import open_storage
 
 __all__ = ["COST_AXES", "StudyResults", "TrialRecord", "open_results", "quality_label", "results_of"]
@@ -29,33 +30,6 @@ __all__ = ["COST_AXES", "StudyResults", "TrialRecord", "open_results", "quality_
 COST_AXES = ("latency_ms", "profile_latency_ms", "flops", "params")
 #: Strategy tags of seeded baselines (``sampler`` marks the sampler's own proposals).
 BASELINES = ("teacher", "uniform", "speed-first", "size-first", "drop-alternate", "drop-one", "user")
-_SKIP_ATTRS = ("plan", "strategy", "depths", "timings", "cached", "fingerprint", "feasible", "speedup_basis")
-
-
-@dataclass
-class TrialRecord:
-    """One completed trial: ``metrics`` holds every numeric figure of it (quality, the task's scores, params,
-    params_ratio, flops, flops_ratio, latency..., speedup) as a user sees them: when ``modsearch verify``
-    measured its plan, the verified speed-up, its interval and the latencies that follow from it
-    (``verified`` is then true); ``trial_metrics`` always holds the trial's own figures. Both are on the study's
-    one millisecond scale (see :class:`StudyResults`). ``feasible`` is judged on ``metrics``,
-    ``trial_feasible`` on ``trial_metrics``."""
-
-    number: int
-    plan: str
-    strategy: str
-    feasible: bool
-    metrics: dict
-    values: list
-    depths: dict = field(default_factory=dict)
-    speedup_basis: str | None = None
-    verified: bool = False
-    trial_metrics: dict = field(default_factory=dict)
-    trial_feasible: bool | None = None
-    recorded: tuple | None = field(default=None, repr=False)  # (metrics, feasible) as stored, before any rescaling
-
-    def get(self, key: str, default=None):
-        return self.metrics.get(key, default)
 
 
 @dataclass
@@ -69,13 +43,11 @@ class StudyResults:
     their trials' figures and are not by the verified ones, and ``frontier(verified=False)`` is the front by
     trial figures alone.
 
-    **One millisecond scale.** A measured latency is a paired ratio to the teacher (``latency_ratio``, and its
-    interval as ``speedup_low``/``speedup_high``); ``latency_ms`` is that ratio times the teacher's
-    ``latency_ms`` stored on the study (its p50, measured once by the run that created the study), and a
-    verified point's is that same figure divided by its verified speed-up. Constraints and ``pick``
-    expressions in milliseconds read this scale; so do studies written before it was fixed, whose trials carry
-    the scale of whichever run timed them (they are rescaled here). ``latency_p90_ms`` is a plan's own p90 in
-    its measuring window and is not rescaled.
+    **One millisecond scale.** ``latency_ms`` is a trial's paired ratio to the teacher times the teacher's
+    ``latency_ms`` stored on the study (its p50, measured once, by the run that created the study), and a
+    verified point's is that figure divided by its verified speed-up; constraints and ``pick`` expressions in
+    milliseconds read this scale. Studies written before it was fixed are rescaled on read. The rules live in
+    :mod:`modsearch.search._figures`.
 
     >>> res.frontier()[0].verified, res.frontier()[0].get("speedup")            # doctest: +SKIP
     (True, 1.89)
@@ -107,37 +79,13 @@ class StudyResults:
         return ((self.verification or {}).get("plans") or {}).get(plan)
 
     def _refresh(self) -> None:
-        """Give every record its figures on the study's scale and with ``verification`` (which a caller may set
-        after construction). The records are replaced, not changed: two results may share them."""
+        """Give every record the figures a user sees (:func:`modsearch.search._figures.with_figures`), with
+        ``verification`` as it is now (a caller may set it after construction). The records are replaced, not
+        changed: two results may share them."""
         if self._applied == (id(self.verification), id(self.trials), len(self.trials)):
             return
-        from ..search._config import Constraint
-
-        cons = []
-        for text in self.identity.get("constraints") or []:
-            try:
-                cons.append(Constraint.parse(text, where="constraints"))
-            except UserError:
-                cons = None
-                break
-        objective = (self.verification or {}).get("objective")
-        records = []
-        for t in self.trials:
-            stored, feasible = t.recorded if t.recorded is not None else (dict(t.metrics), t.feasible)
-            trial = on_study_scale(stored, self.teacher)
-            v = self.verified(t.plan)
-            shown = with_verified(trial, v, self.teacher, objective) if v is not None else dict(trial)
-            records.append(replace(t, metrics=shown, feasible=self._feasible(shown, cons, feasible),
-                                   verified=v is not None, trial_metrics=trial,
-                                   trial_feasible=self._feasible(trial, cons, feasible), recorded=(stored, feasible)))
-        self.trials = records
+        self.trials = with_figures(self.trials, self.teacher, self.verification, self.identity.get("constraints"))
         self._applied = (id(self.verification), id(self.trials), len(self.trials))
-
-    def _feasible(self, metrics: dict, cons: list | None, stored: bool) -> bool:
-        """The study's constraints on ``metrics``; the stored verdict when a constraint cannot be read."""
-        if not cons or any(not _finite(metrics.get(c.metric)) for c in cons):
-            return stored
-        return all(c.violation(metrics[c.metric], self.teacher.get(c.metric)) <= 0 for c in cons)
 
     # -- basics -------------------------------------------------------------------------------------------
     @property
@@ -173,55 +121,31 @@ class StudyResults:
         return a > b if self.maximize else a < b
 
     # -- fronts -------------------------------------------------------------------------------------------
-    def _losses(self, m: dict, keys) -> list[float]:
-        return [(-m[k] if k == "quality" and self.maximize else m[k]) for k in keys]
-
     def frontier(self, objectives=None, feasible_only: bool = True, verified: bool = True) -> list[TrialRecord]:
         """Non-dominated trials over ``objectives`` (default: the study's), one per plan (its first trial),
         cheapest first (by the first cost objective).
 
         The figures are the verified ones where ``modsearch verify`` measured a plan (see the class docstring);
         ``verified=False`` gives the front by the trials' own figures (``trial_metrics``, ``trial_feasible``),
-        sorted by them. The same front as the search prints (:func:`modsearch.search.pareto_front`, the one
-        implementation): of trials with identical figures only the first is listed."""
+        sorted by them. The same front as the search prints (:func:`modsearch.search._figures.front`, on the
+        one :func:`~modsearch.search.pareto_front`): of trials with identical figures only the first is listed."""
         self._refresh()
-        keys = list(objectives or self.objectives)
-
-        def figures(t: TrialRecord) -> tuple[dict, bool]:
-            return (t.metrics, t.feasible) if verified else (t.trial_metrics, t.trial_feasible)
-
-        seen, pool = set(), []
-        for t in self.trials:
-            m, ok = figures(t)
-            if (feasible_only and not ok) or t.plan in seen:
-                continue
-            if any(not _finite(m.get(k)) for k in keys):
-                continue
-            seen.add(t.plan)
-            pool.append(t)
-        front = [pool[i] for i in pareto_front([self._losses(figures(t)[0], keys) for t in pool])]
-        cost = keys[1] if len(keys) > 1 else keys[0]
-        return sorted(front, key=lambda t: (figures(t)[0][cost], t.number))
+        return front(self.trials, list(objectives or self.objectives), self.maximize, feasible_only, verified)
 
     def dropped(self, objectives=None) -> list[TrialRecord]:
         """The trials that verification took off the front: on it by their trials' own figures, not by the
         verified ones (their plan was verified slower than its trial said, or a point that dominates them now
         was verified faster). Cheapest first by their trial figures; empty when the study was not verified.
         A report can draw them, marked; ``trial_metrics`` holds what the trial measured, ``metrics`` what
-        verification did."""
-        if not self.verification:
-            return []
-        kept = {t.number for t in self.frontier(objectives)}
-        return [t for t in self.frontier(objectives, verified=False) if t.number not in kept]
+        verification made of it."""
+        self._refresh()
+        return dropped(self.trials, list(objectives or self.objectives), self.maximize)
 
     def hypervolume(self) -> float:
         """The teacher-normalised hypervolume of the feasible trials (verified figures where verified): the
         last value of :meth:`hypervolume_history`."""
         self._refresh()
-        teacher = [self.teacher.get(o) for o in self.objectives]
-        points = [normalised_losses([t.get(o) for o in self.objectives], teacher, self.maximize)
-                  for t in self.trials if t.feasible and all(_finite(t.get(o)) for o in self.objectives)]
-        return hypervolume(points, reference_point(len(self.objectives), self.maximize))
+        return records_hypervolume(self.trials, self.objectives, self.teacher, self.maximize)
 
     def hypervolume_history(self) -> list[tuple[int, float]]:
         """(trial number, teacher-normalised hypervolume of the feasible front so far), at every trial.
@@ -290,37 +214,6 @@ class StudyResults:
             head = (f"modsearch export {shlex.quote(self.config.get('bank', 'BANK'))} --storage "
                     f"{shlex.quote(self.storage)} --study-name {shlex.quote(self.name)}")
         return f"{head} --trial {number} --out {shlex.quote(out)}"
-
-
-def on_study_scale(metrics: dict, teacher: dict) -> dict:
-    """A trial's figures with ``latency_ms`` (and its interval) recomputed from its paired ratio and the
-    study's one teacher figure, ``teacher["latency_ms"]``: a no-op for a trial written on that scale, a fix for
-    one written by a run that multiplied by its own teacher timing."""
-    m = dict(metrics)
-    ms, ratio = teacher.get("latency_ms"), m.get("latency_ratio")
-    if not (_finite(ms) and _finite(ratio) and "latency_ms" in m):
-        return m
-    m["latency_ms"] = ratio * ms
-    if "speedup_high" in m and "speedup_low" in m:
-        m["latency_low_ms"] = ms / m["speedup_high"]
-        m["latency_high_ms"] = ms / m["speedup_low"] if m["speedup_low"] > 0 else math.inf
-    return m
-
-
-def with_verified(metrics: dict, v: dict, teacher: dict, objective: str | None) -> dict:
-    """A trial's figures with ``modsearch verify``'s record ``v`` of its plan standing in: the speed-up and its
-    interval, the ratio, and each latency the teacher has (``latency_ms`` and the verified ``objective``) as the
-    teacher's figure divided by the verified speed-up, so on the study's scale."""
-    m = dict(metrics)
-    s = v["speedup"]
-    m.update({"speedup": s, "speedup_low": v["low"], "speedup_high": v["high"], "latency_ratio": 1.0 / s})
-    for k in dict.fromkeys(("latency_ms", objective)):
-        if k and _finite(teacher.get(k)):
-            m[k] = teacher[k] / s
-            if k == "latency_ms":
-                m["latency_low_ms"] = teacher[k] / v["high"]
-                m["latency_high_ms"] = teacher[k] / v["low"] if v["low"] > 0 else math.inf
-    return m
 
 
 def quality_label(config: dict) -> str:
@@ -393,22 +286,11 @@ def results_of(study, *, storage: str = "", source: str | None = None) -> StudyR
     study_name = study.study_name
     if "modsearch" not in attrs or "teacher" not in attrs:
         raise UserError(f"study {study_name!r} in {storage} was not made by 'modsearch search'")
-    all_trials = study.get_trials(deepcopy=False)
     names = study.metric_names or attrs["modsearch"].get("objectives")
     directions = [d.name.lower() for d in study.directions]
-    records = []
-    for t in all_trials:
-        if t.state.name != "COMPLETE" or t.values is None:
-            continue
-        a = t.user_attrs
-        metrics = {k: v for k, v in a.items() if k not in _SKIP_ATTRS and not k.startswith("constraint:")
-                   and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        records.append(TrialRecord(number=t.number, plan=a.get("plan", "?"), strategy=a.get("strategy", "sampler"),
-                                   feasible=bool(a.get("feasible", True)), metrics=metrics, values=list(t.values),
-                                   depths=a.get("depths") or {}, speedup_basis=a.get("speedup_basis")))
-    records.sort(key=lambda r: r.number)
+    records = trial_records(study)
     teacher = {k: v for k, v in attrs["teacher"].items()}
     return StudyResults(name=study_name, storage=storage, source=source, objectives=list(names),
                         maximize=directions[0] == "maximize", teacher=teacher, config=attrs.get("config") or {},
-                        identity=attrs["modsearch"], trials=records, n_trials_total=len(all_trials),
+                        identity=attrs["modsearch"], trials=records, n_trials_total=len(study.get_trials(deepcopy=False)),
                         verification=attrs.get("verification"))

@@ -1,6 +1,7 @@
 """The multi-objective search: the study config (``_config``), the evaluation cache (``_cache``) and the plan
 evaluator (``_evaluator``), the seeded baselines (``_seeds``), the samplers (``_samplers``), the progress bar,
-trial export and frontier table (``_summary``), Pareto fronts and hypervolume (``_pareto``, the only implementation), the storage (the only place a storage URL is opened), the run itself (``_run``),
+trial export and frontier table (``_summary``), the figures a study shows for its trials (one millisecond
+scale, verified where verified) and the front over them (``_figures``), Pareto fronts and hypervolume (``_pareto``, the only implementation), the storage (the only place a storage URL is opened), the run itself (``_run``),
 scale-out workers (``_worker``) and the verified frontier (``_verify``).
 
 >>> cfg = StudyConfig.load("studies/bible-en-fr.toml")      # doctest: +SKIP
@@ -14,13 +15,13 @@ from ._evaluator import PlanEvaluator, evaluate_plan
 from ._run import PLAN_TRIAL_FACTOR, SearchResult, fail_dead_trials, run_search
 from ._samplers import make_sampler
 from ._seeds import seed_plans
-from ._summary import export_trials, format_frontier, frontier_rows, trials_frame
+from ._summary import dropped_rows, export_trials, format_frontier, frontier_rows, trials_frame
 from ._storage import open_storage, sqlite_wal, storage_url
 from ._worker import run_local_workers, run_worker, worker_storage
 from ._verify import verification_of, verify_study
 
 __all__ = ["CACHE_VERSION", "COST_OBJECTIVES", "METRICS", "PLAN_TRIAL_FACTOR", "SEED_STRATEGIES", "Constraint", "EvaluationCache",
-           "PlanEvaluator", "SearchResult", "StudyConfig", "evaluate_plan", "export_trials", "fail_dead_trials",
+           "PlanEvaluator", "SearchResult", "StudyConfig", "dropped_rows", "evaluate_plan", "export_trials", "fail_dead_trials",
            "format_frontier", "frontier_rows", "hypervolume", "make_sampler", "normalised_losses", "open_storage", "pareto_front", "reference_point", "run_local_workers",
            "run_search", "run_worker", "seed_plans", "sqlite_wal", "storage_url", "trials_frame", "verification_of",
            "verify_study", "worker_id", "worker_storage"]

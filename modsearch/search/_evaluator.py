@@ -269,8 +269,8 @@ class PlanEvaluator:
     # -- paired latency -----------------------------------------------------------------------------------
     def reference_latency(self) -> dict:
         """The teacher on the target, measured once per evaluator under the target's protocol (the longer,
-        calibrated run): ``{"p50", "p90", "n"}`` in seconds. Every plan's latency is its paired ratio to the
-        teacher times this p50."""
+        calibrated run): ``{"p50", "p90", "n"}`` in seconds. :meth:`latency_ms` multiplies plans' paired ratios by
+        this p50 (a study uses its stored teacher figure instead)."""
         if self._reference is None:
             from ..assembly import assemble
             from ..cost._measure import _runner, pinned_threads, prepare, run_protocol, summarize, timed_step
@@ -311,7 +311,9 @@ class PlanEvaluator:
 
     def latency_ms(self, cost: dict) -> dict:
         """``latency_ms`` (and its interval) of a cost record: its ratio to the teacher times the teacher's p50
-        measured by this evaluator, so plans measured in other runs stay on today's scale."""
+        measured by this evaluator. A study does not keep these: it multiplies the ratio by the one teacher
+        figure stored on it (:func:`modsearch.search._run.stated_teacher`), since this evaluator's p50 drifts
+        from run to run."""
         p50 = self.reference_latency()["p50"] * 1000
         return {"latency_ms": cost["latency_ratio"] * p50, "latency_low_ms": cost["latency_ratio_low"] * p50,
                 "latency_high_ms": cost["latency_ratio_high"] * p50}

@@ -8,6 +8,7 @@ import math
 import os
 
 from .._io import write_text
+from ._figures import dropped, front, records_hypervolume, study_trials
 from ._pareto import hypervolume, normalised_losses, pareto_front, reference_point
 
 
@@ -51,11 +52,11 @@ def _feasible_losses(study, teacher, objectives, maximize) -> list[list[float]]:
 
 
 def study_hypervolume(study) -> float:
-    """The study's teacher-normalised hypervolume as :meth:`modsearch.results.StudyResults.hypervolume` gives
-    it (verified figures where verified); the progress bar's, during the search, reads the trials' own."""
-    from ..results._study import results_of
-
-    return results_of(study).hypervolume()
+    """The study's teacher-normalised hypervolume, verified figures where verified (as
+    :meth:`modsearch.results.StudyResults.hypervolume`); the progress bar's, during the search, reads the
+    trials' own."""
+    trials, objectives, maximize = study_trials(study)
+    return records_hypervolume(trials, objectives, study.user_attrs["teacher"], maximize)
 
 
 # -- results ---------------------------------------------------------------------------------------------------
@@ -93,36 +94,33 @@ def export_trials(study, out_dir: str) -> dict:
 
 
 def frontier_rows(study) -> list[dict]:
-    """The feasible Pareto-optimal trials, cheapest first, as table rows: exactly
-    :meth:`modsearch.results.StudyResults.frontier`, so after ``modsearch verify`` the front by the verified
-    figures (a verified row carries ``verified = True`` and its trial's own speed-up as ``trial_speedup``).
+    """The feasible Pareto-optimal trials, cheapest first, as table rows: the front of
+    :func:`modsearch.search._figures.front` (as :meth:`modsearch.results.StudyResults.frontier`), so after
+    ``modsearch verify`` the front by the verified figures. Rows of a verified study carry ``verified``, and a
+    verified row its trial's own speed-up as ``trial_speedup``.
 
     A plan that several trials share (a sampler may propose a known plan; it gets the cached values) is listed
     once, under its first trial."""
-    from ..results._study import results_of
-
-    res = results_of(study)
-    return [_row(res, t) for t in res.frontier()]
+    trials, objectives, maximize = study_trials(study)
+    return [_row(study, objectives, t) for t in front(trials, objectives, maximize)]
 
 
 def dropped_rows(study) -> list[dict]:
-    """The trials that verification took off the front (:meth:`modsearch.results.StudyResults.dropped`), as
-    rows like :func:`frontier_rows`'; empty for a study not verified."""
-    from ..results._study import results_of
-
-    res = results_of(study)
-    return [_row(res, t) for t in res.dropped()]
+    """The trials that verification took off the front (:func:`modsearch.search._figures.dropped`), as rows like
+    :func:`frontier_rows`'; empty for a study not verified."""
+    trials, objectives, maximize = study_trials(study)
+    return [_row(study, objectives, t) for t in dropped(trials, objectives, maximize)]
 
 
-def _row(res, t) -> dict:
+def _row(study, objectives: list[str], t) -> dict:
     row = {"trial": t.number, "plan": t.plan, "strategy": t.strategy}
-    row.update({n: t.get(n) for n in res.objectives})
+    row.update({n: t.get(n) for n in objectives})
     for k in ("params_ratio", "speedup", "speedup_low", "speedup_high"):
         if k in t.metrics:
             row[k] = t.get(k)
     if t.speedup_basis:
         row["speedup_basis"] = t.speedup_basis
-    if res.verification:
+    if study.user_attrs.get("verification"):
         row["verified"] = t.verified
     if t.verified:
         row["trial_speedup"] = t.trial_metrics.get("speedup")

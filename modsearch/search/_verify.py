@@ -25,7 +25,6 @@ attributes), keyed by plan and naming each plan's trial (``on_front``: on the ve
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import random
 import warnings
@@ -54,7 +53,7 @@ def verify_study(cfg, *, rounds: int | None = None, study=None, storage=None, pr
     from ..cost._measure import _runner, percentile, pinned_threads, prepare, timed_step
     from ..cost._paired import measure_paired, speedup_of
     from ..cost._target import HardwareTarget, fingerprint
-    from ..results._study import results_of
+    from ._figures import front, study_trials
     from ._storage import open_storage
 
     say = log or (lambda _m: None)
@@ -71,8 +70,8 @@ def verify_study(cfg, *, rounds: int | None = None, study=None, storage=None, pr
                         "first") from None
     # The front by the trials' own figures and, when verified before, the verified front: a point a
     # previous verification let onto the front is measured too.
-    results = results_of(study, storage=cfg.storage)
-    rows = {t.plan: t for t in [*results.frontier(verified=False), *results.frontier()]}
+    trials, names, maximize = study_trials(study)
+    rows = {t.plan: t for t in [*front(trials, names, maximize, verified=False), *front(trials, names, maximize)]}
     if not rows:
         raise UserError(f"study {cfg.name!r} has no finished feasible trial to verify")
     bank = LayerBank.load(cfg.bank)
@@ -130,9 +129,9 @@ def verify_study(cfg, *, rounds: int | None = None, study=None, storage=None, pr
               "fingerprint": fp, "plans": record_plans}
     # Which points the verified figures keep on the front, as the study stands now (StudyResults.frontier
     # and .dropped give it for the study as it stands when read).
-    front = {t.plan for t in dataclasses.replace(results, verification=record).frontier()}
+    kept = {t.plan for t in front(study_trials(study, record)[0], names, maximize)}
     for p, v in record_plans.items():
-        v["on_front"] = p in front
+        v["on_front"] = p in kept
     study.set_user_attr("verification", record)
     if not res["interval_met"] and rounds is None:
         worst = max(record_plans.values(), key=lambda v: v["half_width"])
