@@ -136,18 +136,20 @@ def seed_plans(bank, space: PlanSpace, strategies: Sequence[str],
 
 
 def pruning_plans(bank, space: PlanSpace, strategy: str, calibration: Sequence[str], sim=None,
-                  log=None) -> dict[int, AssemblyPlan]:
-    """A decoder-only strategy's plan (``CAUSAL_STRATEGIES``) at each depth of :data:`BI_FRACTIONS`, keyed by
-    the layers it removes (fewer keys when a bank has no plan there, or a small model maps two shares to one
-    count). ``sim`` returns the boundary similarities (measured on ``calibration`` when not given), so callers
-    running several strategies measure them once."""
+                  log=None, fractions: Sequence[float] = (), max_texts: int = 4,
+                  max_tokens: int = 128) -> dict[int, AssemblyPlan]:
+    """A decoder-only strategy's plan (``CAUSAL_STRATEGIES``) at each depth of ``fractions`` (default
+    :data:`BI_FRACTIONS`), keyed by the layers it removes (fewer keys when a bank has no plan there, or a small
+    model maps two shares to one count). ``sim`` returns the boundary similarities (measured on ``calibration``
+    when not given), so callers running several strategies measure them once. ``max_texts`` calibration texts
+    of at most ``max_tokens`` tokens score each candidate of SLEB and the greedy path."""
     if bank.kind != "causal":
         raise UserError(f"seed strategy {strategy} applies to decoder-only banks")
     if not calibration:
         raise UserError(f"seed strategy {strategy} needs calibration texts (the dev set's)")
     sim = sim or (lambda: boundary_similarity(bank, calibration))
     depth, spans = space.depths[0], set(space.modules[0])
-    counts = list(dict.fromkeys(removed_count(frac, depth) for frac in BI_FRACTIONS))
+    counts = list(dict.fromkeys(removed_count(frac, depth) for frac in (fractions or BI_FRACTIONS)))
 
     def layers(a: int, b: int) -> tuple[Block, ...]:
         return tuple(Block(p, p, LAYER) for p in range(a, b))
@@ -156,13 +158,14 @@ def pruning_plans(bank, space: PlanSpace, strategy: str, calibration: Sequence[s
         return AssemblyPlan((tuple(Block(i, i, DROP if i in gone else LAYER) for i in range(depth)),))
 
     if strategy == "sleb":
-        order = sleb_order(bank, calibration, max(counts), log=log)
+        order = sleb_order(bank, calibration, max(counts), max_texts=max_texts, max_tokens=max_tokens, log=log)
         return {k: dropped(set(order[:k])) for k in counts}
     if strategy == "block-influence":
         ranked = sorted(range(depth), key=lambda i: (1.0 - sim()[i][i + 1], i))
         return {k: dropped(set(ranked[:k])) for k in counts}
     if strategy == "greedy":
-        path = greedy_path(bank, calibration, max(counts), spans=spans, drops=space.drops, log=log)
+        path = greedy_path(bank, calibration, max(counts), spans=spans, drops=space.drops, max_texts=max_texts,
+                           max_tokens=max_tokens, log=log)
         firsts = {k: next((p for p, n in path if n >= k), None) for k in counts}
         return {k: p for k, p in firsts.items() if p is not None}
     out = {}  # streamline: one module over the most redundant span the bank has a module for

@@ -1,0 +1,95 @@
+"""benchmarks/llm_pruning.py end to end on a tiny Llama bank (no finished study): every baseline's plan removes
+at least its row's layers, the teacher's test perplexity is the one transformers' own loss gives, the teacher is
+its own reference (speed-up exactly 1), and a bad --fractions is one line."""
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import tiny
+from modsearch import LayerBank
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "llm_pruning.py")
+
+
+def _texts(n, seed):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(tiny.WORDS) for _ in range(30)) + "." for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llmp")
+    tiny.save_tiny("llama", str(root / "model"), dec=6)
+    LayerBank.init(str(root / "model"), str(root / "bank"), granularities=[2]).set_task(task="lm", text_field="text")
+    for name, seed in (("dev.jsonl", 0), ("test.jsonl", 1)):
+        (root / name).write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n"
+                                         for i, t in enumerate(_texts(4, seed))))
+    (root / "s.toml").write_text(f"""name = "tiny-lm"
+bank = "bank"
+target = "cpu-1t-b1-lm"
+objectives = ["quality", "latency_ms"]
+[data]
+path = "dev.jsonl"
+text_field = "text"
+[task]
+task = "lm"
+metric = "perplexity"
+context_length = 16
+stride = 8
+[budget]
+n_plans = 4
+""")
+    return root
+
+
+def test_the_comparison_end_to_end(study):
+    out = study / "r.json"
+    res = subprocess.run([sys.executable, SCRIPT, str(study / "s.toml"), "--test", str(study / "test.jsonl"),
+                          "--fractions", "1/6,1/3,1/2", "--rounds", "6", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    d = json.loads(out.read_text())
+    assert [r["removed"] for r in d["rows"]] == [1, 2, 3]
+    bank = LayerBank.load(str(study / "bank"))
+    for r in d["rows"]:
+        for k in ("block_influence", "sleb", "replaceme", "streamline", "greedy"):
+            if k not in r:
+                continue
+            plan = bank.plan(r[k].split(":", 1)[-1])
+            assert 6 - plan.depths[0] >= r["removed"]
+            assert r[f"{k}_speedup"]["cpu-1t-b1-lm"]["speedup"] > 0
+        assert r["replaceme"].startswith("replaceme:") and 6 - bank.plan(r["replaceme"][10:]).depths[0] == r["removed"]
+    # The teacher's test perplexity, from transformers' own loss over the same windows of 16 tokens every 8.
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(study / "model"), dtype=torch.float32).eval()
+    nll, n = 0.0, 0
+    for text in _texts(4, 1):
+        ids = bank.tokenizer(text)["input_ids"]
+        scored_to = 0
+        for start in range(0, max(1, len(ids) - 8), 8):
+            window = ids[start:start + 16]
+            labels = torch.tensor([window])
+            labels[0, : max(1, scored_to - start)] = -100
+            with torch.no_grad():
+                loss = model(input_ids=torch.tensor([window]), labels=labels).loss
+            k = int((labels[0, 1:] != -100).sum())
+            nll, n, scored_to = nll + float(loss) * k, n + k, start + len(window)
+            if start + 16 >= len(ids):
+                break
+    assert d["teacher_test_ppl"] == pytest.approx(math.exp(nll / n), rel=1e-4)
+    assert "goal" in res.stdout and d["calibration"]["documents"] == 4
+
+
+def test_a_bad_share_is_one_line(study):
+    res = subprocess.run([sys.executable, SCRIPT, str(study / "s.toml"), "--fractions", "1/0"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "--fractions" in res.stderr and "Traceback" not in res.stderr
