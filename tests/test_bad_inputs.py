@@ -163,6 +163,17 @@ CASES = {
                                    "sampler.name"),
     "study TOML not TOML": (lambda c: ["search", c.write("s.toml", "bank = [unclosed"), "--quiet"], "not valid TOML"),
     "study file missing": (lambda c: ["search", str(c.tmp / "none.toml"), "--quiet"], "not found"),
+    "study sampler setting out of range": (lambda c: ["search", c.study({'name = "nsga2"': 'name = "evolve"\n'
+                                                                         'crossover_prob = 2'}), "--quiet"],
+                                           "sampler.crossover_prob must be a probability"),
+    "study screen with an unknown fidelity option": (lambda c: ["search", c.study(
+        extra='[screen]\nwindows = 2\nfidelity = "bleu"'), "--quiet"], "unknown key 'screen.fidelity'"),
+    "study screen that cannot rank (no window)": (lambda c: ["search", c.study(extra="[screen]\nwindows = 0"),
+                                                             "--quiet"], "screen.windows must be an integer >= 1"),
+    "study constraint on a metric the study does not record": (lambda c: ["search", c.study(
+        extra='constraints = ["profile_latency_ms <= 40"]'), "--quiet"], "profile_latency_ms needs cost.profile"),
+    "study constraint naming no metric": (lambda c: ["search", c.study(extra='constraints = ["bleu >= 3"]'),
+                                                     "--quiet"], "about a metric this study records"),
     # dev data
     "dev file missing": (lambda c: c.eval(None, str(c.tmp / "none.jsonl")), "not found"),
     "dev file empty": (lambda c: c.eval(None, c.write("e.jsonl", "\n")), "no examples"),

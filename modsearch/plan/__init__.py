@@ -5,7 +5,9 @@ iterate lazily), and the fixed-length genome a sampler searches.
 >>> PlanSpace([6, 6], spans).count()                  # doctest: +SKIP
 """
 
+from ._edits import EDITS, crossovers, edit_window, neighbours
 from ._genome import PlanGenome
 from ._plan import DROP, LAYER, MODULE, AssemblyPlan, Block, PlanSpace
 
-__all__ = ["DROP", "LAYER", "MODULE", "AssemblyPlan", "Block", "PlanGenome", "PlanSpace"]
+__all__ = ["DROP", "EDITS", "LAYER", "MODULE", "AssemblyPlan", "Block", "PlanGenome", "PlanSpace", "crossovers", "edit_window",
+           "neighbours"]

@@ -32,8 +32,13 @@ The command line overrides the common settings (:meth:`StudyConfig.override`).
     # granularities = [2, 3]             # only modules of these spans
 
     [sampler]
-    name = "nsga2"                       # nsga2 | nsga3 | tpe | gp | random (+ that sampler's settings)
+    name = "nsga2"                       # evolve | nsga2 | nsga3 | tpe | gp | random (+ that sampler's settings)
     population_size = 8                  # the default (chosen by benchmarks/tabular_search.py)
+
+    [screen]                             # optional: a cheap fidelity first for sampler-proposed plans
+    windows = 4                          # teacher-forced perplexity on this many dev texts (lm: the first
+                                         # window of each) or dev examples (seq2seq)
+    margin = 0.05                        # screened out when 5 % worse than a front plan of lower or equal cost
 
     [budget]
     n_trials = 80                        # the study's total of finished trials (a rerun continues up to it)
@@ -83,6 +88,7 @@ METRICS = ("quality", "params", "params_ratio", "flops", "flops_ratio", "latency
            "latency_ratio", "profile_latency_ms", "speedup")
 #: Sampler name -> the settings it accepts, with their types.
 SAMPLERS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "evolve": {"crossover_prob": float, "random_prob": float},
     "nsga2": {"population_size": int, "mutation_prob": float, "crossover_prob": float, "swapping_prob": float},
     "nsga3": {"population_size": int, "mutation_prob": float, "crossover_prob": float, "swapping_prob": float},
     "tpe": {"n_startup_trials": int, "n_ei_candidates": int, "multivariate": bool, "constant_liar": bool},
@@ -102,6 +108,7 @@ _SECTIONS = {
     "seeds": {"strategies", "plans", "max_share"},
     "cost": {"profile", "allow_foreign_profile", "measure_latency", "scoring_threads"},
     "verify": {"after_search", "rounds"},
+    "screen": {"windows", "margin"},
 }
 _TOP = {"name", "bank", "target", "objectives", "constraints", "seed", "storage", "output", "cache"} | set(_SECTIONS)
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(<=|>=)\s*(?:([-+0-9.eE]+)\s*(\*\s*teacher)?|(teacher))\s*$")
@@ -181,6 +188,8 @@ class StudyConfig:
     scoring_threads: int | None = None  # None: "auto", the cores other processes leave free
     verify_after: bool = True
     verify_rounds: int | None = None
+    screen_windows: int | None = None  # None: no screen
+    screen_margin: float = 0.05
     source: str = ""
 
     # -- loading ------------------------------------------------------------------------------------------
@@ -267,11 +276,21 @@ class StudyConfig:
         cons = raw.get("constraints", [])
         need(isinstance(cons, list), where, "constraints", "a list of strings like \"latency_ms <= 40\"", cons)
         task_metrics = _task_metrics(task)
+        # "Constraints that name no objective" (issue 33), read the stricter reasonable way: a constraint must
+        # name a metric this study records, checked here rather than after the teacher is scored. Read
+        # literally (an objective only) it would refuse a documented use, a size cap on a latency study
+        # ("params_ratio <= 0.9"); read loosely (any metric name) it lets through a constraint on a figure
+        # the study never computes, e.g. profile_latency_ms without a profile, which used to fail at run time.
+        recorded = METRICS + task_metrics
+        if not (raw.get("cost") or {}).get("profile"):
+            recorded = tuple(m for m in recorded if m != "profile_latency_ms")
         constraints = []
         for c in cons:
             con = Constraint.parse(c, f"{where}: constraints")
-            need(con.metric in METRICS or con.metric in task_metrics, where, "constraints",
-                  f"about a known metric ({', '.join(METRICS + task_metrics)})", con.metric)
+            need(con.metric in recorded, where, "constraints",
+                  f"about a metric this study records ({', '.join(recorded)}"
+                  + ("; profile_latency_ms needs cost.profile" if con.metric == "profile_latency_ms" else "")
+                  + ")", con.metric)
             constraints.append(con)
 
         space = raw.get("space", {})
@@ -348,6 +367,18 @@ class StudyConfig:
         need(threads == "auto" or (is_int(threads) and threads >= 1), where, "cost.scoring_threads",
               "\"auto\" or an integer >= 1", threads)
 
+        screen = raw.get("screen")
+        windows, margin = None, 0.05
+        if screen is not None:
+            windows, margin = screen.get("windows"), screen.get("margin", 0.05)
+            # One window ranks nothing against the front only in the degenerate case of none: refuse < 1.
+            need(is_int(windows) and windows >= 1, where, "screen.windows",
+                  "an integer >= 1 (the dev texts or examples the cheap fidelity scores; fewer cannot rank)",
+                  windows)
+            need(is_num(margin) and margin >= 0, where, "screen.margin",
+                  "a number >= 0 (how much worse than a front plan of lower or equal cost a plan may look)",
+                  margin)
+
         cfg = cls(name=name, bank=path(bank), data_path=data_path, target=target, objectives=list(objectives),
                   constraints=constraints, data=data, task=task, drops=drops,
                   granularities=list(grans) if grans else None, sampler=sname, sampler_settings=settings,
@@ -357,7 +388,7 @@ class StudyConfig:
                   seed_plans=list(plans), profile=profile, allow_foreign_profile=foreign,
                   measure_latency=measure, seed_share=float(share),
                   scoring_threads=None if threads == "auto" else threads, verify_after=after,
-                  verify_rounds=rounds, source=source)
+                  verify_rounds=rounds, screen_windows=windows, screen_margin=float(margin), source=source)
         return cfg
 
     # -- command-line overrides ---------------------------------------------------------------------------

@@ -138,6 +138,10 @@ class PlanEvaluator:
         with self.cache.lock("plan", self._base | {"plan": str(plan)}):
             return self._evaluate(plan, t0)
 
+    def lookup(self, plan: str | AssemblyPlan) -> dict | None:
+        """The plan's record when the cache holds all of it (nothing is scored), else None."""
+        return None if self.cache is None else self._evaluate(self.bank.plan(plan), time.perf_counter(), True)
+
     def _evaluate(self, plan: AssemblyPlan, t0: float, lookup_only: bool = False) -> dict | None:
         quality = self._cached("quality", self.quality_key(plan))
         need_latency = self.measure_latency

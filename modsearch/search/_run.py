@@ -42,6 +42,13 @@ from ._summary import ProgressBar, dropped_rows, export_trials, frontier_rows, s
 __all__ = ["PLAN_TRIAL_FACTOR", "SearchResult", "fail_dead_trials", "run_search"]
 
 _FINISHED = ("COMPLETE",)
+
+
+def counts_as_trial(t) -> bool:
+    """Whether a trial counts toward ``n_trials``: a complete one, or one the screen pruned (a trial, though
+    not a scored plan: ``n_plans`` counts complete trials only). A worker's lost race is pruned and not
+    counted."""
+    return t.state.name == "COMPLETE" or (t.state.name == "PRUNED" and bool(t.user_attrs.get("screened")))
 PLAN_TRIAL_FACTOR = 10  # a budget of n plans also stops at 10 n trials, should a sampler only repeat itself
 
 
@@ -193,7 +200,7 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
             if n_dead:
                 say(f"failed {n_dead} trial(s) left running by a killed process; queued again with the same plan")
         n_before = len(study.trials) if existing else 0
-        sampler = make_sampler(cfg.sampler, cfg.sampler_settings, seed=cfg.seed + n_before)
+        sampler = make_sampler(cfg.sampler, cfg.sampler_settings, seed=cfg.seed + n_before, genome=genome)
         study = optuna.create_study(study_name=cfg.name, storage=storage, directions=directions, sampler=sampler,
                                     load_if_exists=True)
         if not existing:
@@ -222,7 +229,7 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
             study.enqueue_trial(genome.to_params(plan), user_attrs={"strategy": strategy, "plan": str(plan)})
             n_seeded += 1
 
-        finished = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name in _FINISHED)
+        finished = sum(1 for t in study.get_trials(deepcopy=False) if counts_as_trial(t))
         remaining = None if cfg.n_trials is None else max(0, cfg.n_trials - finished)
         plans = _study_plans(study)
         plans_left = None
@@ -239,7 +246,12 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
         if on_ready is not None:
             on_ready()
 
-        objective = _objective(cfg, evaluator, genome, teacher, maximize)
+        screen = None
+        if cfg.screen_windows:
+            from ._screen import Screen
+
+            screen = Screen(evaluator, cfg.objectives, cfg.screen_windows, cfg.screen_margin)
+        objective = _objective(cfg, evaluator, genome, teacher, maximize, screen)
         bar = ProgressBar(study, remaining if plans_left is None else plans_left, teacher, cfg.objectives,
                            maximize, enabled=progress, plans=None if plans_left is None else plans)
         # The plan count first: the bar reads the set it keeps.
@@ -280,12 +292,13 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
             say(f"not verified: {exc}")
     files = export_trials(study, cfg.output)
     frontier = frontier_rows(study)
-    finished_after = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name in _FINISHED)
+    finished_after = sum(1 for t in study.get_trials(deepcopy=False) if counts_as_trial(t))
     hv = study_hypervolume(study)
     files.update({"storage": cfg.storage, "study_name": cfg.name, "cache": cfg.cache or ""})
     return SearchResult(study=study, frontier=frontier, dropped=dropped_rows(study), n_trials=finished_after,
                         new_trials=finished_after - finished, interrupted=interrupted,
-                        evaluations=dict(evaluator.counts) | ({"cache_hits": cache.hits} if cache else {}),
+                        evaluations=dict(evaluator.counts) | ({"cache_hits": cache.hits} if cache else {})
+                        | ({f"screen_{k}": v for k, v in screen.counts.items()} if screen else {}),
                         hypervolume=hv, files=files, teacher=teacher, n_plans=len(_study_plans(study)))
 
 
@@ -304,10 +317,21 @@ def _stop_at_plans(plans: set[str], n_plans: int) -> Callable:
     return stop
 
 
-def _objective(cfg, evaluator: PlanEvaluator, genome: PlanGenome, teacher: dict, maximize: bool):
+def _objective(cfg, evaluator: PlanEvaluator, genome: PlanGenome, teacher: dict, maximize: bool, screen=None):
     def objective(trial):
         trial.set_user_attr("worker", worker_id())  # before the work: a dead worker's trial is recognisable
         plan = genome.suggest(trial)
+        if screen is not None and "strategy" not in trial.user_attrs and evaluator.lookup(plan) is None:
+            verdict = screen.check(plan, [t.user_attrs["plan"] for t in trial.study.best_trials])
+            for k, v in verdict.items():
+                trial.set_user_attr(k, v)
+            if "screened_by" in verdict:
+                import optuna
+
+                trial.set_user_attr("plan", str(plan))
+                trial.set_user_attr("strategy", "sampler")
+                trial.set_user_attr("screened", True)
+                raise optuna.TrialPruned(f"screened out by {verdict['screened_by']}")
         rec = evaluator.evaluate(plan)
         m = _metrics(rec, teacher)
         trial.set_user_attr("plan", rec["plan"])

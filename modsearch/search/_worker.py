@@ -123,7 +123,7 @@ def run_worker(cfg, url: str, *, heartbeat_interval: int = 10, grace_period: int
 
     from . import _run as search
     from ._cache import worker_id
-    from ._run import run_search
+    from ._run import counts_as_trial, run_search
 
     if cfg.n_trials is None or cfg.n_plans is not None:
         raise UserError(f"study {cfg.name}: workers share an exact budget of trials: set budget.n_trials or pass "
@@ -162,8 +162,9 @@ def run_worker(cfg, url: str, *, heartbeat_interval: int = 10, grace_period: int
         start = time.monotonic()
 
         def counts():
-            trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-            done = [t for t in trials if t.state == TrialState.COMPLETE]
+            trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
+                                                              TrialState.PRUNED))
+            done = [t for t in trials if counts_as_trial(t)]
             return len(done), [t for t in trials if t.state == TrialState.RUNNING]
 
         def guarded(trial):

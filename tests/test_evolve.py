@@ -1,0 +1,164 @@
+"""The structure-aware sampler: every proposal is a new, valid plan of the space; an edit stays one block edit
+away from a plan of the feasible front; crossovers cut both parents on one boundary; one seed gives one
+history; constraint-aware samplers propose fewer infeasible plans than random search."""
+
+import warnings
+
+import optuna
+import pytest
+
+from modsearch.plan import EDITS, DROP, MODULE, AssemblyPlan, PlanGenome, PlanSpace, crossovers, edit_window, neighbours
+from modsearch.search import CONSTRAINT_AWARE, make_sampler
+from modsearch.search._evolve import PROPOSAL_ATTR
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _aligned(depth, grans):
+    return {(i, i + k - 1) for k in grans for i in range(0, depth - k + 1, k)}
+
+
+# A deep stack like the SmolLM2 bank's: aligned 2- and 3-layer modules plus long LLM-Streamline spans.
+DEEP = PlanSpace([30], [_aligned(30, [2, 3]) | {(12, 18), (2, 12), (3, 18)}])
+TWO_STACKS = PlanSpace([6, 6], [_aligned(6, [2, 3])] * 2)
+NO_DROPS = PlanSpace([8], [_aligned(8, [2, 3]) | {(1, 2)}], drops=False)
+
+
+def _one_edit(parent: AssemblyPlan, child: AssemblyPlan, kind: str) -> bool:
+    """The child differs from the parent over one block-aligned stretch of one stack, and on one side of it
+    the stretch is a single block (or, for a shift, the same module span moved over single layers)."""
+    where = edit_window(parent, child)
+    if where is None:
+        return False
+    s, lo, hi = where
+    a = [b for b in parent.stacks[s] if lo <= b.start and b.end <= hi]
+    b = [x for x in child.stacks[s] if lo <= x.start and x.end <= hi]
+    if sum(x.end - x.start + 1 for x in a) != hi - lo + 1 or sum(x.end - x.start + 1 for x in b) != hi - lo + 1:
+        return False  # not aligned to both plans' blocks
+    if kind == "shift":
+        ma, mb = [x for x in a if x.kind == MODULE], [x for x in b if x.kind == MODULE]
+        return len(ma) == len(mb) == 1 and ma[0].span == mb[0].span
+    return len(a) == 1 or len(b) == 1
+
+
+@pytest.mark.parametrize("space", [DEEP, TWO_STACKS, NO_DROPS], ids=["deep", "two-stacks", "no-drops"])
+def test_every_neighbour_is_a_new_valid_plan_one_block_edit_away(space):
+    for parent in space.sample(min(40, space.count()), seed=3):
+        seen = set()
+        for child, kind in neighbours(parent, space):
+            assert kind in EDITS and space.contains(child), (parent, child)
+            assert str(child) != str(parent) and str(child) not in seen
+            seen.add(str(child))
+            assert _one_edit(parent, child, kind), (str(parent), str(child), kind)
+
+
+def test_the_named_edits_do_what_they_say():
+    space = PlanSpace([6], [{(0, 1), (1, 2), (2, 3), (0, 2), (3, 5)}])
+    got = {(str(c), k) for c, k in neighbours(AssemblyPlan.parse("0-1,2,3,4,5"), space)}
+    assert ("0,1-2,3,4,5", "shift") in got                                   # (0,1) -> (1,2)
+    assert ("0-2,3,4,5", "merge") in got                                     # widened over layer 2
+    assert ("0,1,2,3,4,5", "split") in got and ("x0,1,2,3,4,5", "split") in got  # a module -> layers or a drop
+    assert ("0-1,x2,3,4,5", "drop") in got and ("0-1,2,3-5", "merge") in got
+    # A drop swapped for a module over the neighbouring run.
+    assert ("0-1,2-3,4,5", "merge") in {(str(c), k) for c, k in neighbours(AssemblyPlan.parse("0-1,x2,3,4,5"), space)}
+    # No drops in a space without them, no stack of drops only.
+    assert all("x" not in str(c) for c, _ in neighbours(AssemblyPlan.parse("0-1,2-3,4,5"), NO_DROPS.__class__(
+        [6], [{(0, 1), (2, 3)}], drops=False)))
+    assert all(any(b.kind != DROP for b in c.stacks[0]) for c, _ in neighbours(AssemblyPlan.parse("x0,x1,2"),
+                                                                                  PlanSpace([3], [set()])))
+
+
+def test_crossover_cuts_both_parents_on_one_block_boundary():
+    for a, b in zip(TWO_STACKS.sample(30, seed=1), TWO_STACKS.sample(30, seed=2)):
+        for child in crossovers(a, b):
+            assert TWO_STACKS.contains(child) and str(child) not in (str(a), str(b))
+            text = str(child)
+            # Some cut: a's text up to a block boundary, b's after it.
+            assert any(text == str(a)[:i] + str(b)[j:] for i in range(len(str(a)) + 1)
+                       for j in range(len(str(b)) + 1) if str(a)[i:i + 1] in (",", "/")
+                       and str(b)[j:j + 1] in (",", "/") and str(a)[i] == str(b)[j]), (str(a), str(b), text)
+
+
+def _objective(genome):
+    def objective(trial):
+        plan = genome.suggest(trial)
+        kept = sum(plan.depths)
+        drops = sum(b.kind == DROP for st in plan.stacks for b in st)
+        modules = sum(b.kind == MODULE for st in plan.stacks for b in st)
+        # A made-up quality: drops hurt more than modules; feasible while at most 4 layers are dropped.
+        trial.set_constraint("drops <= 4", drops - 4)
+        trial.set_user_attr("plan", str(plan))
+        return 3.0 * drops + 0.7 * modules + 0.01 * kept, kept
+    return objective
+
+
+def _run(space, seed, n=80, sampler="evolve", settings=None):
+    genome = PlanGenome(space, [f"s{i}" for i in range(len(space.depths))])
+    study = optuna.create_study(directions=["minimize", "minimize"],
+                                sampler=make_sampler(sampler, settings or {}, seed=seed, genome=genome))
+    teacher = AssemblyPlan(tuple(tuple(__import__("modsearch").plan.Block(p, p, "layer") for p in range(d))
+                                 for d in space.depths))
+    study.enqueue_trial(genome.to_params(teacher))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.optimize(_objective(genome), n_trials=n)
+    return study
+
+
+@pytest.mark.parametrize("space", [DEEP, TWO_STACKS, NO_DROPS], ids=["deep", "two-stacks", "no-drops"])
+def test_every_proposal_is_new_valid_and_an_edit_stays_near_a_feasible_front_plan(space):
+    study = _run(space, seed=0, n=min(80, space.count()))
+    seen = set()
+    for t in study.trials:
+        plan = AssemblyPlan.parse(t.user_attrs["plan"])
+        assert space.contains(plan)
+        assert str(plan) not in seen, f"trial {t.number} proposed {plan} again"
+        seen.add(str(plan))
+        prop = t.user_attrs.get(PROPOSAL_ATTR)
+        if t.number == 0:
+            assert prop is None  # the enqueued seed is not the sampler's
+            continue
+        before = [u for u in study.trials[:t.number] if all(v <= 0 for v in u.constraints.values())]
+        losses = [u.values for u in before]
+        front = {before[i].user_attrs["plan"] for i in range(len(before))
+                 if not any(all(x <= y for x, y in zip(o, losses[i])) and o != losses[i] for o in losses)}
+        if prop["move"] in EDITS:
+            parent = AssemblyPlan.parse(prop["parents"][0])
+            # Feasible parents only (the teacher is feasible, so there always is one); first rank while it
+            # has unknown neighbours.
+            assert str(parent) in {u.user_attrs["plan"] for u in before}
+            assert _one_edit(parent, plan, prop["move"])
+            assert (str(plan), prop["move"]) in {(str(c), k) for c, k in neighbours(parent, space)}
+            if str(parent) not in front:  # a later rank: every front plan's neighbours were known already
+                assert all(str(c) in seen for f in front for c, _ in neighbours(AssemblyPlan.parse(f), space))
+        elif prop["move"] == "crossover":
+            assert str(plan) in {str(c) for a, b in [prop["parents"], prop["parents"][::-1]]
+                                 for c in crossovers(AssemblyPlan.parse(a), AssemblyPlan.parse(b))}
+        else:
+            assert prop["move"] == "random"
+    moves = [t.user_attrs[PROPOSAL_ATTR]["move"] for t in study.trials[1:]]
+    assert sum(m in EDITS for m in moves) > len(moves) / 2
+
+
+def test_one_seed_gives_one_history_and_another_seed_another():
+    plans = [[t.user_attrs["plan"] for t in _run(DEEP, seed=s, n=40).trials] for s in (7, 7, 8)]
+    assert plans[0] == plans[1] and plans[0] != plans[2]
+
+
+def test_a_small_space_is_exhausted_without_repeats():
+    space = PlanSpace([3], [{(0, 1)}])
+    study = _run(space, seed=0, n=space.count())
+    assert sorted(t.user_attrs["plan"] for t in study.trials) == sorted(str(p) for p in space)
+
+
+def test_constraint_aware_samplers_propose_fewer_infeasible_plans_than_random():
+    assert set(CONSTRAINT_AWARE) >= {"evolve", "nsga2", "tpe"} and "random" not in CONSTRAINT_AWARE
+
+    def infeasible_share(sampler, settings=None):
+        trials = _run(DEEP, seed=0, n=60, sampler=sampler, settings=settings).trials[20:]
+        return sum(any(v > 0 for v in t.constraints.values()) for t in trials) / len(trials)
+
+    rand = infeasible_share("random")
+    assert infeasible_share("evolve") <= 0.2 < rand
+    assert infeasible_share("nsga2", {"population_size": 8}) < rand
+    assert infeasible_share("tpe", {"n_startup_trials": 10}) < rand

@@ -1,0 +1,103 @@
+"""The multi-fidelity screen: where the cheap fidelity is exact it never prunes a plan the full score would put
+on the front; seeds are never screened; a screened plan is a pruned trial with its cheap figure that counts
+toward n_trials and not toward n_plans; the evolve sampler and the screen run under `modsearch search`."""
+
+import json
+
+import pytest
+
+import tiny
+from modsearch import LayerBank
+from modsearch.quality import QualityTask, score_plan
+from modsearch.search import StudyConfig, run_search
+
+TEXTS = ["the a of and to in is that for it", "with as was on be by this are at from or an",
+         "which his her the of a and", "le la les de et un une des en du est que", "pour dans qui par sur au",
+         "avec il elle ne pas the a of"]
+
+
+@pytest.fixture(scope="module")
+def lm_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("screen")
+    tiny.save_tiny("llama", str(root / "model"), dec=6)
+    LayerBank.init(str(root / "model"), str(root / "bank"), granularities=[2, 3], starts="all")
+    with open(root / "dev.jsonl", "w") as f:
+        f.writelines(json.dumps({"text": t}) + "\n" for t in TEXTS)
+    return root
+
+
+LM = ('target = "cpu-1t-b1-lm"', '[data]\npath = "dev.jsonl"\ntext_field = "text"\n[task]\ntask = "lm"\nmetric = "perplexity"')
+SEQ2SEQ = ('target = "cpu-1t-b1"', '[data]\npath = "dev.jsonl"\nsource_field = "en"\ntarget_field = "fr"\n'
+                                   '[task]\nmetric = "token_accuracy"')
+
+
+def _study(root, name, windows, margin=0.0, budget="n_trials = 24", sampler="evolve", kind=LM,
+           objectives='["quality", "params"]', constraints='["quality <= 40 * teacher"]'):
+    p = root / f"{name}.toml"
+    p.write_text(f"""bank = "bank"
+{kind[0]}
+objectives = {objectives}
+constraints = {constraints}
+[screen]
+windows = {windows}
+margin = {margin}
+[seeds]
+strategies = ["teacher", "uniform"]
+[sampler]
+name = "{sampler}"
+[budget]
+{budget}
+{kind[1]}
+""")
+    return StudyConfig.load(str(p))
+
+
+def test_an_exact_screen_never_prunes_a_plan_the_full_score_puts_on_the_front(lm_setup):
+    # Every dev text in the screen, no cut: the cheap perplexity is the full score, so with margin 0 a plan is
+    # screened only when a front plan of lower or equal cost is strictly better, i.e. dominates it.
+    cfg = _study(lm_setup, "exact", windows=len(TEXTS))
+    result = run_search(cfg, progress=False, log=None)
+    trials = result.study.trials
+    screened = [t for t in trials if t.state.name == "PRUNED"]
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert screened, "the case must screen something to show anything"
+    bank = LayerBank.load(cfg.bank)
+    task = QualityTask("lm", metric="perplexity")
+    dev = cfg.load_devset()
+    for t in screened:
+        a = t.user_attrs
+        assert a["screened"] and a["strategy"] == "sampler" and a["screened_by"] and a["screen_perplexity"] > 0
+        full = score_plan(bank, a["plan"], dev, task).value
+        assert full == pytest.approx(a["screen_perplexity"], rel=1e-5)
+        params = bank.describe_plan(bank.plan(a["plan"]))["params"]
+        # Dominated by a complete feasible trial in the full figures: it could not be on the front.
+        assert any(d.user_attrs["feasible"] and d.values[0] < full and d.values[1] <= params for d in done), a["plan"]
+    # Seeds are never screened; screened trials count toward n_trials.
+    assert all(t.user_attrs["strategy"] == "sampler" for t in screened)
+    assert len(trials) == result.n_trials == 24
+    assert result.evaluations["screen_screened"] == len(screened)
+    plans = [t.user_attrs["plan"] for t in trials]
+    assert len(plans) == len(set(plans))  # the sampler never proposed a screened plan again
+
+
+def test_a_cheap_screen_and_an_n_plans_budget(lm_setup):
+    # Two texts, the first 4 tokens of each: a real low fidelity. n_plans counts fully scored plans only.
+    cfg = _study(lm_setup, "cheap", windows=2, margin=0.05, budget="n_plans = 14")
+    cfg.task["max_source_tokens"] = 4
+    result = run_search(cfg, progress=False, log=None)
+    trials = result.study.trials
+    assert sum(t.state.name == "COMPLETE" for t in trials) == result.n_plans == 14
+    for t in trials:
+        if t.state.name == "PRUNED":
+            assert t.user_attrs["screened"] and "screen_perplexity" in t.user_attrs
+        elif t.user_attrs["strategy"] == "sampler" and not t.user_attrs["cached"]:
+            assert "screen_perplexity" in t.user_attrs  # passed the screen, then fully scored
+
+
+def test_the_screen_runs_on_a_seq2seq_bank_with_another_sampler(tmp_path):
+    tiny.translation_bank(tmp_path)
+    cfg = _study(tmp_path, "s2s", windows=3, margin=0.05, budget="n_trials = 10", sampler="nsga2", kind=SEQ2SEQ,
+                 objectives='["quality", "flops"]', constraints="[]")
+    result = run_search(cfg, progress=False, log=None)
+    assert result.n_trials == 10
+    assert result.evaluations["screen_passed"] + result.evaluations.get("screen_screened", 0) >= 1
