@@ -136,9 +136,9 @@ def _losses(table, teacher: str):
     return {p: (lo / t["loss"], c / t[lat]) for p, lo, c in zip(table["plan"], table["loss"], table[lat])}, lat
 
 
-def _reference(front: list[tuple[float, float]]) -> list[float]:
-    lo = [min(p[k] for p in front) for k in range(2)]
-    hi = [max(p[k] for p in front) for k in range(2)]
+def _reference(front: list[tuple[float, ...]]) -> list[float]:
+    lo = [min(p[k] for p in front) for k in range(len(front[0]))]
+    hi = [max(p[k] for p in front) for k in range(len(front[0]))]
     return [h + 0.1 * (h - l) for h, l in zip(hi, lo)]
 
 
@@ -149,9 +149,12 @@ def _space(meta):
 
 
 def run_strategy(table_path: str, strategy: str, settings: dict, seed: int, n_max: int, seeded: bool,
-                 trial_factor: int = TRIAL_FACTOR) -> dict:
+                 trial_factor: int = TRIAL_FACTOR, max_loss: float | None = None) -> dict:
     """``points``: the objective values of each *distinct* plan one replay evaluates, in order (plans looked up
-    in the table); ``first_trial``: the trial that proposed each first; ``trials``: all trials run. A plan the
+    in the table); ``first_trial``: the trial that proposed each first; ``trials``: all trials run; ``seeds``:
+    how many of the first points are enqueued baselines. With ``max_loss`` (teacher-normalised), a plan whose
+    loss is above it is infeasible (``trial.set_constraint``, as a study's quality constraint) and counts no
+    hypervolume; ``feasible`` flags each point. A plan the
     sampler proposes again is a cache hit in a real search (it costs no model time), so the budget counts
     distinct plans; a replay also stops after trial_factor x n_max trials, should a sampler keep repeating itself
     (its later budgets then score the plans it did find)."""
@@ -166,13 +169,15 @@ def run_strategy(table_path: str, strategy: str, settings: dict, seed: int, n_ma
     values, _ = _losses(table, meta["teacher"])
     space = _space(meta)
     genome = PlanGenome(space, ["encoder", "decoder"])
+    ok = (lambda v: True) if max_loss is None else (lambda v: v[0] <= max_loss)
     seeds = seed_plans(None, space, ["teacher", "uniform", "speed-first", "size-first", "drop-alternate",
                                      "drop-one"]) if seeded else []
     if strategy == "baselines":
         pts = list({str(p): values[str(p)] for p, _ in seeds}.values())
-        return {"points": pts, "first_trial": list(range(1, len(pts) + 1)), "trials": len(seeds)}
+        return {"points": pts, "first_trial": list(range(1, len(pts) + 1)), "trials": len(seeds),
+                "feasible": [ok(v) for v in pts], "seeds": len(pts)}
     study = optuna.create_study(directions=["minimize", "minimize"],
-                                sampler=make_sampler(strategy, settings, seed=seed))
+                                sampler=make_sampler(strategy, settings, seed=seed, genome=genome))
     for plan, _ in seeds:
         study.enqueue_trial(genome.to_params(plan))
     out, firsts, seen = [], [], set()
@@ -180,6 +185,9 @@ def run_strategy(table_path: str, strategy: str, settings: dict, seed: int, n_ma
     def objective(trial):
         key = str(genome.suggest(trial))
         v = values[key]
+        trial.set_user_attr("plan", key)
+        if max_loss is not None:
+            trial.set_constraint("loss", v[0] - max_loss)
         if key not in seen:
             seen.add(key)
             out.append(v)
@@ -189,13 +197,15 @@ def run_strategy(table_path: str, strategy: str, settings: dict, seed: int, n_ma
         return v
 
     study.optimize(objective, n_trials=trial_factor * n_max)
-    return {"points": out, "first_trial": firsts, "trials": len(study.trials)}
+    return {"points": out, "first_trial": firsts, "trials": len(study.trials), "feasible": [ok(v) for v in out],
+            "seeds": len({str(p) for p, _ in seeds})}
 
 
-def hv_at(points: list, budget: int, reference, exact_hv: float) -> float:
+def hv_at(points: list, budget: int, reference, exact_hv: float, feasible: list | None = None) -> float:
     from modsearch.search import hypervolume
 
-    return hypervolume(points[:budget], reference) / exact_hv
+    pts = [p for k, p in enumerate(points[:budget]) if feasible is None or feasible[k]]
+    return hypervolume(pts, reference) / exact_hv
 
 
 def cmd_replay(a) -> None:
@@ -206,15 +216,17 @@ def cmd_replay(a) -> None:
 
     table, meta = load_table(a.table)
     values, cost = _losses(table, meta["teacher"])
-    pts = list(values.values())
+    pts = [v for v in values.values() if a.max_loss is None or v[0] <= a.max_loss]
     front = [pts[i] for i in pareto_front(pts)]
     ref = _reference(front)
     exact = hypervolume(front, ref)
     n = len(table)
-    budgets = [max(1, round(b * n)) for b in BUDGETS]
+    budgets = [int(b) for b in a.budgets.split(",")] if a.budgets else [max(1, round(b * n)) for b in BUDGETS]
     print(f"table: {n} plans, exact front {len(front)} plans, objectives loss and {cost} (teacher-normalised), "
-          f"reference point {ref[0]:.3f}, {ref[1]:.3f} (front nadir + 10 % of its range); budgets {budgets}")
-    strategies = [("default", DEFAULT[0], DEFAULT[1], True), ("nsga3", "nsga3", {"population_size": 16}, True),
+          f"reference point {ref[0]:.3f}, {ref[1]:.3f} (front nadir + 10 % of its range); budgets {budgets}"
+          + (f"; feasible: loss <= {a.max_loss} x the teacher's ({len(pts)} plans)" if a.max_loss else ""))
+    strategies = [("default", DEFAULT[0], DEFAULT[1], True), ("evolve", "evolve", {}, True),
+                  ("nsga3", "nsga3", {"population_size": 16}, True),
                   ("tpe", "tpe", {}, True), ("gp", "gp", {}, True), ("random", "random", {}, False),
                   ("random+seeds", "random", {}, True)]
     for v in a.variant or []:
@@ -227,7 +239,7 @@ def cmd_replay(a) -> None:
         cap = budgets[-1] if name != "gp" else budgets[min(a.gp_budget_index, len(budgets) - 1)]
         for seed in range(a.seeds):
             jobs.append({"label": label, "seed": seed, "sampler": name, "settings": settings, "seeded": seeded,
-                         "cap": cap, "trial_factor": a.trial_factor})
+                         "cap": cap, "trial_factor": a.trial_factor, "max_loss": a.max_loss})
     jobs.sort(key=lambda j: j["sampler"] == "gp")  # the slow one last, so the others are done if it is stopped
     done = _load_checkpoint(a.checkpoint)
     todo = [j for j in jobs if _job_key(j) not in done]
@@ -248,18 +260,22 @@ def cmd_replay(a) -> None:
         if ck:
             ck.close()
     took = time.perf_counter() - t0
-    baseline_pts = run_strategy(a.table, "baselines", {}, 0, 0, True)["points"]
-    rows, trials, needed = {}, {}, {}
+    baseline = run_strategy(a.table, "baselines", {}, 0, 0, True, max_loss=a.max_loss)
+    rows, trials, needed, infeasible = {}, {}, {}, {}
     for job in jobs:
         run = done[_job_key(job)]
         rows.setdefault(job["label"], []).append(
-            [hv_at(run["points"], b, ref, exact) if b <= job["cap"] else math.nan for b in budgets])
+            [hv_at(run["points"], b, ref, exact, run.get("feasible")) if b <= job["cap"] else math.nan
+             for b in budgets])
+        own = run.get("feasible", [])[run.get("seeds", 0) if job["seeded"] else 0:budgets[-1]]
+        infeasible.setdefault(job["label"], []).append(sum(not f for f in own) / len(own) if own else math.nan)
         trials.setdefault(job["label"], []).append((len(run["points"]), run["trials"], job["cap"]))
         firsts = run.get("first_trial")  # absent from checkpoints written before it was recorded
         needed.setdefault(job["label"], []).append(
             [None if not firsts or b > job["cap"] else firsts[b - 1] if b <= len(firsts) else math.inf
              for b in budgets])
-    head = "strategy        " + " ".join(f"hv@{b * 100:g}%".rjust(10) for b in BUDGETS)
+    head = "strategy        " + " ".join((f"hv@{b}" if a.budgets else f"hv@{f * 100:g}%").rjust(10)
+                                         for b, f in zip(budgets, BUDGETS if not a.budgets else budgets))
     print(head)
     summary = {}
     for label, runs in rows.items():
@@ -278,7 +294,11 @@ def cmd_replay(a) -> None:
                for k in range(len(budgets))]
         trials_summary[label] = med
         print(f"{label:<16}" + " ".join(("-" if m is None else f"{m:g}").rjust(10) for m in med))
-    base_hv = hypervolume(baseline_pts, ref) / exact
+    if a.max_loss is not None:
+        print("share of the sampler's own plans (after the seeds, up to the largest budget) that are infeasible, "
+              "median: " + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in infeasible.items()))
+    base_hv = hv_at(baseline["points"], len(baseline["points"]), ref, exact, baseline["feasible"])
+    baseline_pts = baseline["points"]
     print(f"{'baselines alone':<16}{base_hv:>10.4f}  ({len(baseline_pts)} seeded plans; the same at every budget)")
     print(f"medians over {a.seeds} seeds; gp capped at {budgets[min(a.gp_budget_index, len(budgets) - 1)]} plans "
           f"(its fit grows cubically with the trials); a run stops after {a.trial_factor} x its budget in trials; "
@@ -292,19 +312,20 @@ def cmd_replay(a) -> None:
                        "trials_to_budget": {k: [m if m is None or math.isfinite(m) else "inf" for m in v]
                                             for k, v in trials_summary.items()}}, f, indent=1)
     d, r = summary.get("default"), summary.get("random")
-    if d and r:
+    if d and r and not a.budgets:
         print(f"default: hv@1%={d[1]:.3f} hv@5%={d[3]:.3f} random: hv@1%={r[1]:.3f} hv@5%={r[3]:.3f}")
 
 
 def _job_key(job: dict) -> str:
-    return json.dumps({k: job[k] for k in ("label", "seed", "sampler", "settings", "seeded", "cap", "trial_factor")},
+    return json.dumps({k: job.get(k) for k in ("label", "seed", "sampler", "settings", "seeded", "cap", "trial_factor",
+                                                "max_loss") if k != "max_loss" or job.get(k) is not None},
                       sort_keys=True)
 
 
 def _run_job(table: str, job: dict):
     t = time.perf_counter()
     res = run_strategy(table, job["sampler"], job["settings"], job["seed"], job["cap"], job["seeded"],
-                       job["trial_factor"])
+                       job["trial_factor"], job.get("max_loss"))
     return job, res, time.perf_counter() - t
 
 
@@ -365,7 +386,12 @@ def main(argv=None) -> None:
     r.add_argument("table")
     r.add_argument("--seeds", type=int, default=10)
     r.add_argument("--jobs", type=int, default=2)
-    r.add_argument("--strategies", help="comma-separated subset: default,nsga3,tpe,gp,random,random+seeds")
+    r.add_argument("--strategies", help="comma-separated subset: default,evolve,nsga3,tpe,gp,random,random+seeds")
+    r.add_argument("--budgets", metavar="N,N,...", help="budgets in distinct plans (default: 0.5/1/2/5 %% of the "
+                   "table)")
+    r.add_argument("--max-loss", type=float, metavar="X", help="a quality constraint: plans whose loss is above X "
+                   "times the teacher's are infeasible (they count no hypervolume; the exact front is the feasible "
+                   "one)")
     r.add_argument("--variant", action="append", metavar="LABEL=SAMPLER:K=V,...",
                    help="also replay a sampler with other settings, seeded, e.g. nsga2-p32=nsga2:population_size=32")
     r.add_argument("--gp-budget-index", type=int, default=1, help="gp runs up to this budget (0=0.5%%, 1=1%%...)")

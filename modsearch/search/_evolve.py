@@ -105,6 +105,14 @@ class PlanEvolutionSampler(BaseSampler):
             for rank in ranks:
                 members = list(rank)
                 rng.shuffle(members)
+                if len(members) > 2:
+                    # Binary tournament on crowding distance first (NSGA-II's): the ends of the front and its
+                    # sparse stretches, where an edit adds the most, are tried more often than its dense middle.
+                    spread = _crowding(members, ranks.sign)
+                    a, b = members[0], members[1]
+                    first = a if spread[a.number] >= spread[b.number] else b
+                    members.remove(first)
+                    members.insert(0, first)
                 for t in members:
                     parent = AssemblyPlan.parse(self._plan_of(t))
                     options: dict[str, list[AssemblyPlan]] = {}
@@ -132,6 +140,19 @@ def _feasible(t) -> bool:
     return all(v <= 0 for v in t.constraints.values())
 
 
+def _crowding(trials: list, sign: list[float]) -> dict[int, float]:
+    """NSGA-II's crowding distance of each trial (by number) within one rank: infinite at the ends."""
+    out = {t.number: 0.0 for t in trials}
+    for k, s in enumerate(sign):
+        order = sorted(trials, key=lambda t: (s * t.values[k], t.number))
+        lo, hi = s * order[0].values[k], s * order[-1].values[k]
+        out[order[0].number] = out[order[-1].number] = float("inf")
+        if hi > lo:
+            for i in range(1, len(order) - 1):
+                out[order[i].number] += (s * order[i + 1].values[k] - s * order[i - 1].values[k]) / (hi - lo)
+    return out
+
+
 class _Ranks:
     """Non-dominated ranks of the feasible trials (the front first), computed as far as they are read; while
     none is feasible, the trials one per rank from the least violating (the way back into the feasible
@@ -139,7 +160,7 @@ class _Ranks:
 
     def __init__(self, trials: list, directions):
         feasible = [t for t in trials if _feasible(t)]
-        self._sign = [-1.0 if d.name == "MAXIMIZE" else 1.0 for d in directions]
+        self.sign = [-1.0 if d.name == "MAXIMIZE" else 1.0 for d in directions]
         self._ranks: list[list] = []
         self._rest = sorted(feasible, key=lambda t: t.number)
         if not feasible:
@@ -151,7 +172,7 @@ class _Ranks:
         while True:
             while k >= len(self._ranks) and self._rest:
                 rest = self._rest
-                front = set(pareto_front([[s * v for s, v in zip(self._sign, t.values)] for t in rest]))
+                front = set(pareto_front([[s * v for s, v in zip(self.sign, t.values)] for t in rest]))
                 self._ranks.append([t for i, t in enumerate(rest) if i in front])
                 self._rest = [t for i, t in enumerate(rest) if i not in front]
             if k >= len(self._ranks):

@@ -1,0 +1,247 @@
+"""Which search strategy finds the frontier of a deep bank in a study's budget (issue 33), at a cheap fidelity.
+
+Every plan any strategy proposes is scored once, at the fidelity of the study's screen: the teacher-forced
+perplexity of the first ``--windows`` dev texts (each cut to its first window; seq2seq banks: the first dev
+examples' references), kept in a JSON cache on disk (plan -> perplexity; keyed by the bank, dev data and
+windows, so another run of this script reuses it). Costs are those known without timing: FLOPs
+(:class:`~modsearch.cost.LayerFlops`), params, and with ``--profile`` (``modsearch profile``) the profile's
+predicted latency in place of a measured ``latency_ms``; all additive in the blocks. The objectives are the
+study's, each divided by the teacher's; its constraints on quality, params and FLOPs apply (quality read on the
+cheap perplexity, relative to the teacher's); others are ignored and named.
+
+1. A reference front: one long run of every strategy at ``--reference-factor`` times the budget, joined with
+   every plan any run below evaluates; its cost (distinct plans, seconds) is printed.
+2. Each strategy at the study's budget (its ``n_plans``, else ``n_trials``, at most 150; ``--budget``) for
+   ``--seeds`` seeds, seeded with the study's baselines within ``max_share`` as ``modsearch search`` does.
+   Printed per strategy, median [min, max] over seeds: hypervolume of its feasible plans relative to the
+   reference front's (reference point: the front's nadir plus 10 % of its range on each axis, as in
+   tabular_search.py); the share of the sampler's own proposals that are infeasible; the share of its final
+   front's points that are the sampler's own plans, not baselines.
+
+  python benchmarks/deep_search.py studies/smollm2-135m.toml --windows 4 --seeds 5 --reference-factor 10 \\
+      --cache benchmarks/results/deep-search-smollm2-135m.cache.json --json benchmarks/results/deep-search-smollm2-135m.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tabular_search import TRIAL_FACTOR, _reference  # noqa: E402
+
+#: label -> (sampler, settings, seeded with the baselines)
+STRATEGIES = {"evolve": ("evolve", {}, True), "nsga2": ("nsga2", {}, True), "tpe": ("tpe", {}, True),
+              "random+seeds": ("random", {}, True), "seeds": (None, {}, True)}
+_COSTS = ("params", "params_ratio", "flops", "flops_ratio")
+
+
+class CheapStudy:
+    """A study's plans at the cheap fidelity: :meth:`losses` gives teacher-normalised objectives and the
+    constraint violations of a plan, from the disk cache when it has them."""
+
+    def __init__(self, cfg, windows: int, cache_path: str | None, profile: str | None = None, log=print):
+        from modsearch import LayerBank
+        from modsearch.cost import LatencyProfile
+        from modsearch.plan import PlanGenome
+        from modsearch.search import PlanEvaluator, Screen
+
+        self.cfg, self.log = cfg, log
+        self.bank = LayerBank.load(cfg.bank)
+        self.space = self.bank.space(drops=cfg.drops, granularities=cfg.granularities)
+        self.genome = PlanGenome(self.space, self.bank.stack_names)
+        prof = LatencyProfile.load(profile) if profile else None
+        evaluator = PlanEvaluator(self.bank, cfg.load_devset(), cfg.quality_task(), cfg.target, profile=prof,
+                                  scoring_threads=cfg.scoring_threads or "auto")
+        self.screen = Screen(evaluator, cfg.objectives, windows)
+        self.key = {"bank": self.bank.checksum, "data": self.screen.devset.content_hash,
+                    "task": self.screen.task.to_json()}
+        self.cache_path, self.cache, self.new = cache_path, {}, 0
+        if cache_path and os.path.exists(cache_path):
+            with open(cache_path) as f:
+                stored = json.load(f)
+            if stored.get("key") == self.key:
+                self.cache = stored["perplexity"]
+            else:
+                log(f"cache {cache_path} holds another bank, dev set or fidelity: not used")
+        self.seconds, self._seeds = 0.0, None
+        teacher = self.bank.teacher_plan()
+        self.teacher = [self.perplexity(teacher)] + self.screen.costs(teacher)
+        self.constraints, ignored = [], []
+        for c in cfg.constraints:
+            (self.constraints if c.metric in ("quality",) + cfg.quality_task().metrics + _COSTS else ignored).append(c)
+        if ignored:
+            log(f"ignored (not computed at this fidelity): {', '.join(c.text for c in ignored)}")
+
+    def perplexity(self, plan) -> float:
+        key = str(plan)
+        if key not in self.cache:
+            t = time.perf_counter()
+            self.cache[key] = self.screen.cheap(plan)
+            self.seconds += time.perf_counter() - t
+            self.new += 1
+            if self.new % 25 == 0:
+                self.save()
+        return self.cache[key]
+
+    def save(self) -> None:
+        if self.cache_path:
+            from modsearch._io import write_json
+
+            write_json(self.cache_path, {"key": self.key, "perplexity": self.cache})
+
+    def losses(self, plan) -> tuple[list[float], list[float]]:
+        values = [self.perplexity(plan)] + self.screen.costs(plan)
+        norm = [v / t for v, t in zip(values, self.teacher)]
+        violations = []
+        for c in self.constraints:
+            if c.metric in _COSTS:
+                k = c.metric.removesuffix("_ratio")
+                if k not in self.cfg.objectives[1:]:
+                    continue  # a cost this study does not optimise: not computed here
+                i = 1 + self.cfg.objectives[1:].index(k)
+                value, teacher = (norm[i], 1.0) if c.metric.endswith("_ratio") else (values[i], self.teacher[i])
+            else:
+                value, teacher = values[0], self.teacher[0]
+            violations.append(c.violation(value, teacher))
+        return norm, violations
+
+    def seeds(self, budget: int) -> list:
+        from modsearch.search._seeds import limit_seeds, seed_plans
+
+        if self._seeds is None:  # measured once (SLEB and the greedy path score many plans)
+            self._seeds = seed_plans(self.bank, self.space, self.cfg.seed_strategies,
+                                     calibration=self.cfg.calibration_texts(), log=self.log)
+            self._seeds += [(self.bank.plan(p), "user") for p in self.cfg.seed_plans]
+        return limit_seeds(self._seeds, max(1, int(self.cfg.seed_share * budget)))
+
+
+def run(cheap: CheapStudy, label: str, seed: int, budget: int, seeds: list) -> dict:
+    """One strategy's run: the distinct plans it evaluated, in order, with their losses, feasibility and
+    whether a baseline proposed them."""
+    import optuna
+
+    from modsearch.search import make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    name, settings, seeded = STRATEGIES[label]
+    if name == cheap.cfg.sampler:
+        settings = {**cheap.cfg.sampler_settings, **settings}
+    rows, seen = [], set()
+    for plan, _ in seeds if seeded else []:
+        if str(plan) not in seen and len(rows) < budget:
+            seen.add(str(plan))
+            norm, viol = cheap.losses(plan)
+            rows.append({"plan": str(plan), "losses": norm, "feasible": all(v <= 0 for v in viol), "seed": True})
+    if name is None:
+        return {"label": label, "seed": seed, "rows": rows}
+    study = optuna.create_study(directions=["minimize"] * len(cheap.cfg.objectives),
+                                sampler=make_sampler(name, settings, seed=seed, genome=cheap.genome))
+    for plan, _ in seeds if seeded else []:
+        study.enqueue_trial(cheap.genome.to_params(plan))
+
+    def objective(trial):
+        plan = cheap.genome.suggest(trial)
+        norm, viol = cheap.losses(plan)
+        for k, v in enumerate(viol):
+            trial.set_constraint(str(k), v)
+        if str(plan) not in seen:
+            seen.add(str(plan))
+            rows.append({"plan": str(plan), "losses": norm, "feasible": all(v <= 0 for v in viol), "seed": False})
+            if len(rows) >= budget:
+                trial.study.stop()
+        return norm
+
+    if len(rows) < budget:
+        study.optimize(objective, n_trials=TRIAL_FACTOR * budget)
+    return {"label": label, "seed": seed, "rows": rows}
+
+
+def scores(result: dict, reference: list[float], reference_hv: float) -> dict:
+    from modsearch.search import hypervolume, pareto_front
+
+    feasible = [r for r in result["rows"] if r["feasible"]]
+    own = [r for r in result["rows"] if not r["seed"]]
+    front = [feasible[i] for i in pareto_front([r["losses"] for r in feasible])] if feasible else []
+    return {"hv": hypervolume([r["losses"] for r in feasible], reference) / reference_hv,
+            "infeasible": sum(not r["feasible"] for r in own) / len(own) if own else float("nan"),
+            "own_front": sum(not r["seed"] for r in front) / len(front) if front else float("nan"),
+            "plans": len(result["rows"])}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("study")
+    ap.add_argument("--windows", type=int, default=4, help="dev texts (lm) or examples the fidelity scores")
+    ap.add_argument("--budget", type=int, help="distinct plans per run (default: the study's, at most 150)")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--reference-factor", type=int, default=10, help="the reference runs' budget, in budgets")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated: %(default)s")
+    ap.add_argument("--profile", help="a latency profile of the bank (modsearch profile): its prediction stands "
+                    "in for latency_ms (else FLOPs do)")
+    ap.add_argument("--cache", help="JSON cache of plan -> cheap perplexity (kept between runs)")
+    ap.add_argument("--json", help="write every figure here")
+    a = ap.parse_args(argv)
+    from modsearch._errors import UserError
+    from modsearch.search import StudyConfig, hypervolume, pareto_front
+
+    if a.windows < 1 or a.seeds < 1 or a.reference_factor < 1:
+        raise SystemExit("deep_search: error: --windows, --seeds and --reference-factor must be >= 1")
+    labels = a.strategies.split(",")
+    if not set(labels) <= set(STRATEGIES):
+        raise SystemExit(f"deep_search: error: strategies are {', '.join(STRATEGIES)}")
+    try:
+        cfg = StudyConfig.load(a.study)
+        cheap = CheapStudy(cfg, a.windows, a.cache, a.profile)
+    except UserError as exc:
+        raise SystemExit(f"deep_search: error: {exc}") from None
+    budget = a.budget or min(150, cfg.n_plans or cfg.n_trials or 150)
+    t0 = time.perf_counter()
+    seeds = cheap.seeds(budget)
+    print(f"{cfg.name}: {cheap.space.count():,} plans, objectives {', '.join(cfg.objectives)} (cheap: perplexity on "
+          f"{len(cheap.screen.devset)} window(s)), budget {budget} plans, {len(seeds)} baselines", flush=True)
+
+    t_ref, n_before = time.perf_counter(), len(cheap.cache)
+    long_runs = [run(cheap, label, 1000, budget * a.reference_factor, cheap.seeds(budget * a.reference_factor))
+                 for label in labels if STRATEGIES[label][0] is not None]
+    ref_seconds, ref_plans = time.perf_counter() - t_ref, len({r["plan"] for x in long_runs for r in x["rows"]})
+    runs = [run(cheap, label, seed, budget, seeds) for label in labels for seed in range(a.seeds)]
+    cheap.save()
+    pool = {r["plan"]: r["losses"] for x in long_runs + runs for r in x["rows"] if r["feasible"]}
+    pts = list(pool.values())
+    front = [pts[i] for i in pareto_front(pts)]
+    reference = _reference(front)
+    ref_hv = hypervolume(front, reference)
+    print(f"reference front: {len(front)} plans from {len(pool)} feasible of all runs; its long runs "
+          f"({a.reference_factor} x the budget, {len(long_runs)} strategies) evaluated {ref_plans} distinct plans "
+          f"({len(cheap.cache) - n_before} new at this fidelity) in {ref_seconds:.0f} s")
+    table = {}
+    print(f"{'strategy':<14}{'hv / reference':>26}{'infeasible own':>24}{'own share of front':>24}")
+    for label in labels:
+        got = [scores(x, reference, ref_hv) for x in runs if x["label"] == label]
+        table[label] = got
+        cells = []
+        for k in ("hv", "infeasible", "own_front"):
+            vals = [g[k] for g in got if g[k] == g[k]]
+            cells.append(f"{statistics.median(vals):.4f} [{min(vals):.3f}, {max(vals):.3f}]" if vals else "-")
+        print(f"{label:<14}" + "".join(c.rjust(24 if i else 26) for i, c in enumerate(cells)))
+    took = time.perf_counter() - t0
+    print(f"medians [min, max] over {a.seeds} seeds at {budget} plans; {len(cheap.cache)} plans in the cache, "
+          f"{cheap.new} scored by this run ({cheap.seconds:.0f} s of scoring); {took:.0f} s in all")
+    out = {"study": cfg.name, "budget": budget, "windows": a.windows, "seeds": a.seeds,
+           "reference": {"factor": a.reference_factor, "plans": ref_plans, "seconds": ref_seconds,
+                         "front": front, "point": reference, "hv": ref_hv},
+           "runs": table, "seconds": took}
+    if a.json:
+        from modsearch._io import write_json
+
+        write_json(a.json, out)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""benchmarks/deep_search.py on a tiny Llama bank with small numbers: every strategy runs at the budget for
+each seed, the reference front bounds them all, the cache on disk serves a second run without scoring, and the
+shares it prints are shares."""
+
+import json
+import os
+import sys
+
+from test_screen import _study, lm_setup  # noqa: F401  (the fixture: a tiny Llama bank and its dev texts)
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import deep_search  # noqa: E402
+
+
+def test_deep_search_on_a_tiny_bank(lm_setup, tmp_path, capsys):  # noqa: F811
+    cfg = _study(lm_setup, "deep", windows=2, budget="n_plans = 12")
+    cache, out = str(tmp_path / "cache.json"), str(tmp_path / "out.json")
+    args = [cfg.source, "--windows", "2", "--seeds", "2", "--reference-factor", "2", "--cache", cache,
+            "--json", out, "--strategies", "evolve,nsga2,random+seeds,seeds"]
+    first = deep_search.main(args)
+    text = capsys.readouterr().out
+    assert "reference front" in text and "evolve" in text
+    assert first["budget"] == 12 and first["reference"]["plans"] > 12
+    for label, runs in first["runs"].items():
+        assert len(runs) == 2
+        for r in runs:
+            assert 0 <= r["hv"] <= 1 + 1e-9  # nothing beats the front of every plan seen
+            assert r["plans"] <= 12 and (label == "seeds" or r["plans"] == 12)
+            for k in ("infeasible", "own_front"):
+                assert r[k] != r[k] or 0 <= r[k] <= 1
+    assert all(r["own_front"] in (0, 0.0) or r["own_front"] != r["own_front"] for r in first["runs"]["seeds"])
+    assert max(r["hv"] for r in first["runs"]["evolve"]) > 0
+    with open(out) as f:
+        assert json.load(f)["runs"].keys() == first["runs"].keys()
+    # Again from the cache: the same figures, nothing scored.
+    second = deep_search.main(args)
+    assert "0 scored by this run" in capsys.readouterr().out
+    assert json.dumps(second["runs"]) == json.dumps(first["runs"])  # (NaN != NaN as floats)
