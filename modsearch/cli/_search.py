@@ -45,7 +45,7 @@ def add_search_parser(sub, fmt, examples) -> None:
                    help="stop when the study has N distinct plans: a re-proposed plan is not counted "
                         "(replaces the file's n_trials and n_plans; with --n-trials, whichever comes first)")
     s.add_argument("--timeout", type=float, metavar="S", help="stop this run after S seconds")
-    s.add_argument("--sampler", metavar="NAME", help="nsga2 | nsga3 | tpe | gp | random")
+    s.add_argument("--sampler", metavar="NAME", help="evolve | nsga2 | nsga3 | tpe | gp | random")
     s.add_argument("--seed", type=int, metavar="S", help="sampler seed")
     s.add_argument("--quiet", action="store_true", help="no progress bar or log lines; the frontier only")
     s.set_defaults(func=cmd_search)
