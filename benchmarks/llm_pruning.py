@@ -48,6 +48,30 @@ TITLES = {"block_influence": "Block Influence", "sleb": "SLEB", "replaceme": "Re
 GOALS = ((1.5, 1.25), (2.0, 1.6))  # (verified speed-up at least, test perplexity at most x the teacher's)
 
 
+class _Progress:
+    """What a killed run already computed (the baseline plans, the test scores), one JSON line each, in
+    ``JSON.part.jsonl`` beside the record; a rerun with the same arguments takes them instead of recomputing.
+    Keyed by everything that could change them: the bank's checksum, the test and dev files' hashes and the
+    calibration sizes. Timing is never resumed: its plans must be measured together."""
+
+    def __init__(self, path: str | None, key: dict):
+        self.path, self.key, self.done = path, key, {}
+        if path and os.path.exists(path):
+            for line in open(path, encoding="utf-8"):
+                row = json.loads(line)
+                if row.get("key") == key:
+                    self.done[row["name"]] = row["value"]
+
+    def get(self, name: str):
+        return self.done.get(name)
+
+    def put(self, name: str, value) -> None:
+        self.done[name] = value
+        if self.path:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": self.key, "name": name, "value": value}) + "\n")
+
+
 def _fractions(text: str) -> tuple[float, ...]:
     try:
         out = tuple(float(Fraction(f.strip())) for f in text.split(",") if f.strip())
@@ -111,6 +135,14 @@ def main() -> int:
     say(f"calibration: {len(calibration)} dev documents, {calib_tokens:,} tokens (up to {a.calib_tokens} each); "
         f"SLEB/greedy: {a.sleb_texts} x {a.sleb_tokens} tokens per candidate")
 
+    from modsearch._io import sha256_file
+
+    progress = _Progress(a.json and a.json + ".part.jsonl", {
+        "bank": bank.checksum, "test": sha256_file(a.test), "dev": sha256_file(cfg.data_path), "limit": a.limit,
+        "fractions": list(fractions), "calib_tokens": a.calib_tokens, "sleb": [a.sleb_texts, a.sleb_tokens],
+        "task": task.to_json()})
+    if progress.done:
+        say(f"resuming: {len(progress.done)} result(s) from {a.json}.part.jsonl")
     t = time.perf_counter()
     teacher_view = assemble(bank, bank.teacher_plan(), share_weights=True)
     sim = layer_similarity(teacher_view, bank.adapter.layers(teacher_view, bank.stack_names[0]), bank.tokenizer,
@@ -121,9 +153,14 @@ def main() -> int:
     for name, strategy in (("block_influence", "block-influence"), ("sleb", "sleb"),
                            ("streamline", "streamline"), ("greedy", "greedy")):
         t = time.perf_counter()
+        done = progress.get(f"plans:{name}")
+        if done is not None:
+            baselines[name] = {int(k): v for k, v in done.items()}
+            continue
         baselines[name] = {k: str(v) for k, v in pruning_plans(
             bank, space, strategy, calibration, lambda: sim, log=say, fractions=fractions,
             max_texts=a.sleb_texts, max_tokens=a.sleb_tokens).items()}
+        progress.put(f"plans:{name}", baselines[name])
         seconds[name] = time.perf_counter() - t
         say(f"{strategy}: {seconds[name]:.0f} s")
     counts = sorted({k for plans in baselines.values() for k in plans})
@@ -161,8 +198,12 @@ def main() -> int:
     scored: dict[str, float] = {}
     t = time.perf_counter()
     for label in todo:
+        if progress.get(f"test:{label}") is not None:
+            scored[label] = progress.get(f"test:{label}")
+            continue
         model = models.get(label) or assemble(bank, bank.plan(label), share_weights=True)
         scored[label] = score_quality(model, bank.tokenizer, test, task, source_prefix=bank.source_prefix).value
+        progress.put(f"test:{label}", scored[label])
         say(f"test perplexity {scored[label]:12.2f}  {label}")
     seconds["scoring"] = time.perf_counter() - t
 

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -87,6 +88,11 @@ def test_the_comparison_end_to_end(study):
                 break
     assert d["teacher_test_ppl"] == pytest.approx(math.exp(nll / n), rel=1e-4)
     assert "goal" in res.stdout and d["calibration"]["documents"] == 4
+    # Killed and rerun with the same arguments: the plans and test scores come from the part file.
+    again = subprocess.run(res.args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "resuming: " in again.stdout
+    assert not re.search(r"^test perplexity\s+\d", again.stdout, re.M)  # nothing scored again
+    assert json.loads(out.read_text())["rows"][0]["sleb"] == d["rows"][0]["sleb"]
 
 
 def test_a_bad_share_is_one_line(study):

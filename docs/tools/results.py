@@ -92,6 +92,9 @@ def command(name: str) -> str:
     """The command that wrote record ``name`` (LLM comparisons: derived from the model's study)."""
     if name in COMMANDS:
         return COMMANDS[name]
+    recorded = _load(name).get("command")
+    if recorded:  # records from 2026-12-07 on say how they were made
+        return recorded
     model = re.match(r"(?:llm|healed)-pruning-([a-z0-9]+)", name).group(1)
     study = {"gemma": "studies/gemma3-270m.toml", "smollm2": "studies/smollm2-135m.toml"}[model]
     if name.startswith("llm-pruning"):
@@ -195,8 +198,15 @@ def predictor(name: str = PREDICTOR) -> str:
 
 # -- LLMs ------------------------------------------------------------------------------------------------------
 def llm_pruning(name: str) -> str:
+    """The comparison table of a ``benchmarks/llm_pruning.py`` record. Records from 2026-12-07 on carry
+    ReplaceMe and every column's speed-up per target; earlier ones the study plan's (or the greedy plan's)."""
     d = _load(name)
     t = d["teacher_test_ppl"]
+    target = d["timing"]["target"]
+    kinds = [k for k in ("block_influence", "sleb", "replaceme", "streamline")
+             if any(f"{k}_test_ppl" in r for r in d["rows"])]
+    titles = {"block_influence": "Block Influence", "sleb": "SLEB", "replaceme": "ReplaceMe",
+              "streamline": "LLM-Streamline"}
 
     def cell(v, bold=False):
         if v is None:
@@ -204,19 +214,26 @@ def llm_pruning(name: str) -> str:
         text = f"{v:,.1f} ({v / t:.2f}\u00d7)" if v / t < 1000 else f"{v:,.0f}"
         return f"**{text}**" if bold else text
 
+    def speed(r, k):
+        per_target = r.get(f"{k}_speedup")
+        if per_target:
+            return per_target.get(target)
+        return (r.get("speedup") or {}).get(k)
+
     rows = []
     for r in d["rows"]:
-        base = [r.get(k) for k in ("block_influence_test_ppl", "sleb_test_ppl", "streamline_test_ppl")]
+        base = [r.get(f"{k}_test_ppl") for k in kinds]
         best_base = min(v for v in base if v is not None)
-        best = r.get("modsearch_test_ppl") or r.get("greedy_test_ppl")
-        sp = (r.get("speedup") or {}).get("modsearch") or (r.get("speedup") or {}).get("greedy")
+        who = "modsearch" if r.get("modsearch_test_ppl") else "greedy"
+        best = r.get(f"{who}_test_ppl")
+        sp = speed(r, who)
         rows.append([r["removed"], *(cell(v) for v in base), cell(r.get("greedy_test_ppl")), cell(best, True),
-                     _x(best_base / best), _interval(sp) if sp else ""])
+                     _x(best_base / best) if best else "", _interval(sp) if sp else ""])
     return (f"Test perplexity on {d['chapters']} test chapters, the teacher {t:.2f}; ratio to it in brackets. "
-            f"Speed-up: the study's plan, paired against the teacher on `{d['timing']['target']}` "
+            f"Speed-up: the study's plan, paired against the teacher on `{target}` "
             f"({d['timing']['rounds']} rounds).\n\n"
-            + _table(["layers removed", "Block Influence", "SLEB", "LLM-Streamline", "greedy (bank)",
-                      "**study's best**", "beats the best baseline by", "speed-up [95 %]"], rows))
+            + _table(["layers removed", *(titles[k] for k in kinds), "greedy (bank)", "**study's best**",
+                      "beats the best baseline by", "speed-up [95 %]"], rows))
 
 
 def healed(name: str) -> str:
