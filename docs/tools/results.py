@@ -348,7 +348,7 @@ def headline_rows() -> list[tuple[str, str, str]]:
         ("default study: verified speed-ups against an independent timing",
          f"mean error {_pct(lt['mean_error'])}, max {_pct(lt['max_error'])} over {lt['plans']} frontier plans",
          LATENCY_TRUTH[0]),
-        ("Gemma-3-270M, 5 of 18 layers removed, as assembled",
+        ("Gemma-3-270M (4-bit Q4_K_M GGUF, dequantised), 5 of 18 layers removed, as assembled, 8 test chapters",
          f"test perplexity {best:.2f}, {best / tt:.2f}\u00d7 the teacher's {tt:.2f} (best baseline, SLEB: "
          f"{sleb / tt:.2f}\u00d7); paired speed-up {_x(q['speedup']['modsearch']['speedup'])}", LLM_PRUNING["gemma"]),
         ("the same plan, its modules tuned (90 steps)",

