@@ -61,7 +61,7 @@ def replaceme(bank, removed: int, calibration: Sequence[str], *, sim=None, max_t
     import torch
 
     from ..assembly import assemble
-    from ._seeds import boundary_similarity
+    from ._seeds import boundary_similarity, calibration_passes
 
     if bank.kind != "causal":
         raise UserError("ReplaceMe applies to decoder-only banks")
@@ -95,11 +95,7 @@ def replaceme(bank, removed: int, calibration: Sequence[str], *, sim=None, max_t
     tok, tokens = bank.tokenizer, 0
     try:
         with torch.inference_mode():
-            for text in list(calibration)[:max_texts]:
-                ids = tok(text, truncation=True, max_length=max_tokens, return_tensors="pt")["input_ids"]
-                if ids.shape[1] == 0:
-                    continue
-                teacher.base_model(input_ids=ids)
+            for ids in calibration_passes(teacher, tok, calibration, max_texts, max_tokens):
                 m, d = seen["m"], seen["target"] - seen["out"] + seen["m"]  # D = L - Y, with Y = out - M
                 mm += m.T @ m
                 md += m.T @ d

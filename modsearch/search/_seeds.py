@@ -219,11 +219,7 @@ def layer_similarity(model, layers, tok, texts: Sequence[str], max_texts: int = 
     handles.append(layers[-1].register_forward_hook(post, with_kwargs=True))
     try:
         with torch.inference_mode():
-            for text in list(texts)[:max_texts]:
-                ids = tok(text, truncation=True, max_length=max_tokens, return_tensors="pt")["input_ids"]
-                if ids.shape[1] == 0:
-                    continue
-                model.base_model(input_ids=ids)  # the backbone: the LM head is not needed
+            for ids in calibration_passes(model, tok, texts, max_texts, max_tokens):
                 unit = torch.nn.functional.normalize(torch.stack([seen[i] for i in range(n)]), dim=-1)
                 sums += torch.einsum("atd,btd->ab", unit, unit)
                 count += ids.shape[1]
@@ -233,6 +229,17 @@ def layer_similarity(model, layers, tok, texts: Sequence[str], max_texts: int = 
     if not count:
         raise UserError("layer similarity: the calibration texts hold no tokens")
     return (sums / count).tolist()
+
+
+def calibration_passes(model, tok, texts: Sequence[str], max_texts: int | None, max_tokens: int):
+    """Run ``model``'s backbone (no LM head) on each of the first ``max_texts`` texts, cut to ``max_tokens``
+    tokens, one at a time (no padding); yield each text's ids after its pass, for the caller's hooks to read."""
+    for text in list(texts)[:max_texts]:
+        ids = tok(text, truncation=True, max_length=max_tokens, return_tensors="pt")["input_ids"]
+        if ids.shape[1] == 0:
+            continue
+        model.base_model(input_ids=ids)
+        yield ids
 
 
 def block_influence(bank, texts: Sequence[str], max_texts: int = 32, max_tokens: int = 256) -> list[float]:
