@@ -150,3 +150,40 @@ def test_greedy_takes_the_change_with_the_least_perplexity_rise_per_removed_laye
     seeds = seed_plans(bank, bank.space(), ["greedy"], calibration=TEXTS)
     assert [str(p) for p, _ in seeds] == list(dict.fromkeys(
         str(next(p for p, n in path if n >= k)) for k in (1, 2, 2, 3)))
+
+
+LONG_TEXTS = ["the a of and to in is that for it with as was on be by this are at from or an which",
+              "his her the of and a to in", "is that for it with as was on be by this are at from"]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text", "gpt2"])
+def test_prefix_cached_perplexity_equals_scoring_the_whole_plan(family, tmp_path):
+    """The oracle for the seeds' prefix cache: each candidate's calibration perplexity, computed from the
+    reference plan's recorded layer inputs, equals score_plan's on the whole assembled candidate. GPT-2 adds its
+    position embeddings to inputs_embeds, so the reference check turns the cache off there and every candidate
+    is scored whole (still equal)."""
+    from modsearch.data import DevSet
+    from modsearch.plan._plan import DROP, LAYER, MODULE, Block
+    from modsearch.quality._prefix import PrefixPerplexity
+    from modsearch.quality._score import QualityTask, score_plan
+
+    tiny.save_tiny(family, str(tmp_path / "model"), dec=6)
+    b = LayerBank.init(str(tmp_path / "model"), str(tmp_path / "bank"), granularities=[2, 3])
+    texts, max_tokens = LONG_TEXTS, 12
+    scorer = PrefixPerplexity(b, texts, max_tokens, batch_size=2)
+    task = QualityTask("lm", metric="perplexity", max_source_tokens=max_tokens, batch_size=2)
+    dev = DevSet.from_lists(texts, task="lm")
+
+    def whole(blocks):
+        return score_plan(b, ",".join(str(x) for x in blocks), dev, task).value
+
+    reference = [Block(0, 0, LAYER), Block(1, 1, DROP)] + [Block(p, p, LAYER) for p in range(2, 6)]
+    assert scorer.reference(reference) == pytest.approx(whole(reference), rel=1e-5)
+    assert scorer.cached is (family != "gpt2")
+    candidates = [(reference[:3] + [Block(3, 3, DROP)] + reference[4:], 3),
+                  (reference[:4] + [Block(4, 5, MODULE)], 4),
+                  (reference[:2] + [Block(2, 3, MODULE)] + reference[4:], 2),
+                  (reference[:3] + [Block(3, 5, MODULE)], 3),
+                  (reference[:5] + [Block(5, 5, DROP)], 5)]
+    for blocks, first in candidates:
+        assert scorer.candidate(blocks, first) == pytest.approx(whole(blocks), rel=1e-5), [str(x) for x in blocks]

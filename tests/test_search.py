@@ -308,3 +308,33 @@ def test_budget_of_plans_is_validated_and_refused_by_workers(tiny_setup):
 
     with pytest.raises(UserError, match="budget.n_plans is for `modsearch search`"):
         run_worker(StudyConfig.load(str(bad)).override(n_trials=5, n_plans=5), "sqlite:///unused.db")
+
+
+def test_the_timeout_counts_the_seeds_calibration(tiny_setup, monkeypatch):
+    """``budget.timeout`` is the run's wall time: seeds that take longer than the timeout leave the trials the
+    1 s floor, where the same study without the slow seeds runs its whole trial budget."""
+    import time as _time
+
+    from modsearch.search import _run
+
+    real = _run.seed_plans
+
+    def slow_seeds(*args, **kwargs):
+        _time.sleep(3.0)
+        return real(*args, **kwargs)
+
+    lines: list[str] = []
+    cfg = StudyConfig.load(_study(tiny_setup, "timeout", n_trials=200)).override(timeout=2.5)
+    monkeypatch.setattr(_run, "seed_plans", slow_seeds)
+    t0 = _time.perf_counter()
+    slow = run_search(cfg, progress=False, log=lines.append)
+    took = _time.perf_counter() - t0
+    import re
+
+    spent = [int(m.group(1)) for line in lines if (m := re.match(r"time budget: (\d+) s of 2 s spent", line))]
+    assert spent and spent[0] >= 3, lines
+    # After the seeds (3 s) only the 1 s floor is left: Optuna stops at the first trial that ends past it.
+    assert slow.n_trials < 200 and took < spent[0] + 1.0 + 15.0
+    first_trial = min(t.datetime_start for t in slow.study.trials if t.datetime_start)
+    last_trial = max(t.datetime_complete for t in slow.study.trials if t.datetime_complete)
+    assert (last_trial - first_trial).total_seconds() < 1.0 + 10.0

@@ -43,7 +43,7 @@ The command line overrides the common settings (:meth:`StudyConfig.override`).
     [budget]
     n_trials = 80                        # the study's total of finished trials (a rerun continues up to it)
     # n_plans = 60                       # or/and: its total of distinct plans (re-proposals not counted)
-    timeout = 540                        # seconds for this run
+    timeout = 540                        # seconds of wall time for this run, seeds' calibration included
 
     [seeds]
     strategies = ["teacher", "uniform", "speed-first", "size-first", "drop-alternate", "drop-one"]

@@ -25,8 +25,9 @@ The pieces, from the inside out:
 from __future__ import annotations
 
 import logging
-import socket
 import os
+import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -131,7 +132,8 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
     """Run the study ``cfg`` describes, or continue it: it stops at ``n_trials`` finished trials in the study
     (not in this run), or at ``n_plans`` distinct plans in it (a sampler that proposes one of its plans again
     gets a trial served from the cache, which ``n_plans`` does not count; at most ``PLAN_TRIAL_FACTOR x n_plans``
-    trials), or after ``timeout`` seconds of this run, or at Ctrl-C (the trial under way is marked failed;
+    trials), or ``timeout`` seconds after this run started (the teacher's scoring and the seeds' calibration
+    count: the budget is the run's wall time before verification), or at Ctrl-C (the trial under way is marked failed;
     every completed one is kept).
 
     Trials left RUNNING by a process of this host that no longer exists (killed mid-trial) are failed and
@@ -149,6 +151,7 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
     from ..cost._target import HardwareTarget
 
     say = log or (lambda _m: None)
+    started = time.perf_counter()
     bank = LayerBank.load(cfg.bank)
     task = cfg.quality_task()
     devset = cfg.load_devset()
@@ -257,12 +260,17 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
         # The plan count first: the bar reads the set it keeps.
         stops = [] if cfg.n_plans is None else [_stop_at_plans(plans, cfg.n_plans)]
         interrupted = False
+        timeout = cfg.timeout
+        if timeout is not None:  # the run's wall time: what the teacher and the seeds took is spent already
+            spent = time.perf_counter() - started
+            timeout = max(1.0, timeout - spent)
+            say(f"time budget: {spent:.0f} s of {cfg.timeout:.0f} s spent before the trials (teacher, seeds)")
         if remaining != 0:
             try:
                 if optimize is not None:
-                    optimize(study, objective, remaining, cfg.timeout, [*stops, bar.update, *callbacks])
+                    optimize(study, objective, remaining, timeout, [*stops, bar.update, *callbacks])
                 else:
-                    study.optimize(objective, n_trials=remaining, timeout=cfg.timeout,
+                    study.optimize(objective, n_trials=remaining, timeout=timeout,
                                    callbacks=[*stops, bar.update, *callbacks], gc_after_trial=False)
             except KeyboardInterrupt:
                 interrupted = True

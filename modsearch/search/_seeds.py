@@ -275,36 +275,32 @@ def greedy_path(bank, texts: Sequence[str], removals: int, spans=(), drops: bool
     The changes: drop a kept original layer (with ``drops``), or put the bank's module over a run of kept
     original layers (one of ``spans``). With drops alone this is SLEB (each step removes one layer, the one
     whose removal gives the lowest perplexity). Returns each step's plan with the layers removed so far; costs
-    one perplexity evaluation of ``max_texts`` texts of ``max_tokens`` tokens per candidate and step."""
-    from ..data import DevSet
-    from ..quality._score import QualityTask, score_plan
+    one perplexity evaluation of ``max_texts`` texts of ``max_tokens`` tokens per candidate and step, run only
+    from the block the candidate changes (:class:`~modsearch.quality._prefix.PrefixPerplexity`)."""
+    from ..quality._prefix import PrefixPerplexity
 
-    dev = DevSet.from_lists(list(texts)[:max_texts], task="lm")
-    task = QualityTask("lm", metric="perplexity", max_source_tokens=max_tokens, batch_size=max_texts)
-
-    def ppl(blocks) -> float:
-        return score_plan(bank, AssemblyPlan((tuple(blocks),)), dev, task).value
-
+    scorer = PrefixPerplexity(bank, list(texts)[:max_texts], max_tokens, batch_size=max_texts)
     cur = [Block(p, p, LAYER) for p in range(bank.depths[0])]
-    cur_ppl, gone, path = ppl(cur), 0, []
+    cur_ppl, gone, path = scorer.reference(cur), 0, []
     while gone < removals and sum(b.kind != DROP for b in cur) > 1:
-        candidates = []
+        candidates = []  # (blocks, layers removed, index of the first block that differs from cur)
         for x, b in enumerate(cur):
             if drops and b.kind == LAYER:
-                candidates.append((cur[:x] + [Block(b.start, b.start, DROP)] + cur[x + 1:], 1))
+                candidates.append((cur[:x] + [Block(b.start, b.start, DROP)] + cur[x + 1:], 1, x))
         for i, j in sorted(spans):
             run = [x for x, b in enumerate(cur) if i <= b.start <= j]
             if len(run) == j - i + 1 and all(cur[x].kind == LAYER for x in run):
-                candidates.append((cur[:run[0]] + [Block(i, j, MODULE)] + cur[run[-1] + 1:], j - i))
+                candidates.append((cur[:run[0]] + [Block(i, j, MODULE)] + cur[run[-1] + 1:], j - i, run[0]))
         if not candidates:
             break
         best = None
-        for blocks, k in candidates:
-            value = ppl(blocks)
+        for blocks, k, first in candidates:
+            value = scorer.candidate(blocks, first)
             score = (math.log(value) - math.log(cur_ppl)) / k
             if best is None or score < best[0]:
                 best = (score, value, blocks, k)
         _, cur_ppl, cur, k = best
+        scorer.reference(cur)  # the next step's candidates start from this plan's recorded layer inputs
         gone += k
         path.append((AssemblyPlan((tuple(cur),)), gone))
         if log:
