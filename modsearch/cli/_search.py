@@ -44,7 +44,9 @@ def add_search_parser(sub, fmt, examples) -> None:
     s.add_argument("--n-plans", type=int, metavar="N",
                    help="stop when the study has N distinct plans: a re-proposed plan is not counted "
                         "(replaces the file's n_trials and n_plans; with --n-trials, whichever comes first)")
-    s.add_argument("--timeout", type=float, metavar="S", help="stop this run after S seconds")
+    s.add_argument("--timeout", type=float, metavar="S",
+                   help="stop this run S seconds after it started (the seeds' calibration counts; verification "
+                        "follows)")
     s.add_argument("--sampler", metavar="NAME", help="evolve | nsga2 | nsga3 | tpe | gp | random")
     s.add_argument("--seed", type=int, metavar="S", help="sampler seed")
     s.add_argument("--quiet", action="store_true", help="no progress bar or log lines; the frontier only")
