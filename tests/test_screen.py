@@ -80,6 +80,30 @@ def test_an_exact_screen_never_prunes_a_plan_the_full_score_puts_on_the_front(lm
     assert len(plans) == len(set(plans))  # the sampler never proposed a screened plan again
 
 
+def test_an_exact_screen_screens_exactly_the_plans_that_break_the_constraint(lm_setup):
+    # (The tiny random model's plans sit near its teacher's perplexity: a bound below the teacher splits them.)
+    # Exact fidelity, margin 0: the estimate of a plan's perplexity is its full score, so a plan is screened by
+    # the constraint exactly when it is infeasible: every screened one breaks it and no scored proposal does.
+    cfg = _study(lm_setup, "exact-constraint", windows=len(TEXTS), constraints='["quality <= 0.99 * teacher"]')
+    result = run_search(cfg, progress=False, log=None)
+    trials = result.study.trials
+    bank = LayerBank.load(cfg.bank)
+    task = QualityTask("lm", metric="perplexity")
+    dev = cfg.load_devset()
+    teacher = score_plan(bank, bank.teacher_plan(), dev, task).value
+    by_constraint = [t for t in trials if str(t.user_attrs.get("screened_by", "")).startswith("constraint ")]
+    assert by_constraint, "the case must screen something by the constraint to show anything"
+    for t in by_constraint:
+        a = t.user_attrs
+        assert a["screened_by"] == "constraint quality <= 0.99 * teacher" and t.state.name == "PRUNED"
+        full = score_plan(bank, a["plan"], dev, task).value
+        assert full == pytest.approx(a["screen_estimate"], rel=1e-5) and full > 0.99 * teacher
+    scored = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs["strategy"] == "sampler"
+              and not t.user_attrs["cached"]]
+    assert scored and all(t.user_attrs["feasible"] for t in scored)
+    assert result.evaluations["screen_screened_infeasible"] == len(by_constraint)
+
+
 def test_a_cheap_screen_and_an_n_plans_budget(lm_setup):
     # Two texts, the first 4 tokens of each: a real low fidelity. n_plans counts fully scored plans only.
     cfg = _study(lm_setup, "cheap", windows=2, margin=0.05, budget="n_plans = 14")

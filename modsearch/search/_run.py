@@ -253,7 +253,8 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
         if cfg.screen_windows:
             from ._screen import Screen
 
-            screen = Screen(evaluator, cfg.objectives, cfg.screen_windows, cfg.screen_margin)
+            screen = Screen(evaluator, cfg.objectives, cfg.screen_windows, cfg.screen_margin,
+                            constraints=cfg.constraints, teacher_quality=teacher.get("quality"))
         objective = _objective(cfg, evaluator, genome, teacher, maximize, screen)
         bar = ProgressBar(study, remaining if plans_left is None else plans_left, teacher, cfg.objectives,
                            maximize, enabled=progress, plans=None if plans_left is None else plans)

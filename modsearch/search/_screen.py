@@ -12,6 +12,12 @@ profile's predicted latency; a measured ``latency_ms`` objective reads the profi
 has a profile, else FLOPs (a kept block costs the same FLOPs whatever fills it, and the latency of one is
 close to its share, so they order plans of a bank alike).
 
+The screen also applies the study's perplexity constraints (``quality <= ...`` on an lm task scored by
+perplexity): a plan's full perplexity is estimated as the teacher's times the ratio of the two cheap figures,
+and a plan whose estimate breaks a bound by more than the margin is screened out by that constraint
+(``screened_by = "constraint quality <= 3 * teacher"``): the sampler learns it is infeasible without a full
+score or a timing. Where the cheap fidelity is exact (every dev text, uncut) the estimate is the full score.
+
 A screened plan becomes a PRUNED trial with its cheap figure (``screen_perplexity``) and the front plan that
 screened it (``screened_by``). Seeds, and plans whose full score is already cached, are never screened. A
 screened trial counts toward ``n_trials`` (it is a trial) and the trial cap of ``n_plans`` (10 x n_plans
@@ -42,7 +48,8 @@ class Screen:
     {'screen_perplexity': 41.2, 'screened_by': '0-1,2-3,4,5'}
     """
 
-    def __init__(self, evaluator, objectives, windows: int, margin: float = 0.05):
+    def __init__(self, evaluator, objectives, windows: int, margin: float = 0.05, constraints=(),
+                 teacher_quality: float | None = None):
         from ..data import DevSet
         from ..quality._score import QualityTask
 
@@ -59,7 +66,11 @@ class Screen:
         self._cheap: dict[str, float] = {}
         self._costs: dict[str, list[float]] = {}
         self._flops = None
-        self.counts = {"screened": 0, "passed": 0, "cheap_scored": 0}
+        self.counts = {"screened": 0, "passed": 0, "cheap_scored": 0, "screened_infeasible": 0}
+        # Only a perplexity quality has a cheap estimate (the cheap figure is a perplexity).
+        lm_ppl = task.task == "lm" and task.primary == "perplexity" and teacher_quality is not None
+        self.constraints = [c for c in constraints if lm_ppl and c.metric == "quality"]
+        self.teacher_quality = teacher_quality
 
     def cheap(self, plan: str | AssemblyPlan) -> float:
         """The plan's cheap perplexity (cached in memory and in the evaluation cache)."""
@@ -123,6 +134,15 @@ class Screen:
         plan = self.bank.plan(plan)
         mine, cost = self.cheap(plan), self.costs(plan)
         out = {"screen_perplexity": mine}
+        if self.constraints:
+            estimate = self.teacher_quality * mine / self.cheap(self.bank.teacher_plan())
+            out["screen_estimate"] = estimate
+            for c in self.constraints:
+                if c.violation(estimate, self.teacher_quality) > self.margin * abs(c.threshold(self.teacher_quality)):
+                    out["screened_by"] = f"constraint {c.text}"
+                    self.counts["screened"] += 1
+                    self.counts["screened_infeasible"] += 1
+                    return out
         for f in front_plans:
             f = self.bank.plan(f)
             if str(f) == str(plan):
