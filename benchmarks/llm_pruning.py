@@ -25,9 +25,17 @@ speed-up with a 95 % interval; FLOPs come from the bank's per-layer count.
     python benchmarks/llm_pruning.py studies/smollm2-135m.toml --fractions 1/5,1/3,1/2 \\
         --targets cpu-1t-b1-lm,cpu-2t-b8-lm --json benchmarks/results/llm-pruning-smollm2-DATE.json
 
+**Healed at equal budget** (``--heal-steps`` and/or ``--heal-minutes``, with ``--heal-data``): every plan of
+the table, at every depth, is then healed by :func:`modsearch.heal.heal` with the same budget, the same
+training text and the same rule for what trains (``--heal-trainable``: ``all`` = the whole model but the
+embeddings and the head, ``modules`` = the plan's modules only, for the plans that have modules), pure
+distillation from the teacher (``w_task = 0``), the dev set and windows of the study for the best step; then
+scored on the test text. ReplaceMe heals from its folded weights. Each healed export goes to ``--heal-dir``;
+a killed run resumes each heal from its checkpoint.
+
 Goals (issue 32): at >= 1.5x (verified), the study's plan keeps test perplexity <= 1.25x the teacher's, at
 >= 2x <= 1.6x, and beats the best baseline at every depth; the last lines print where each stands. Nothing
-else may run beside it (the timing). "Healed at equal budget" is a separate run (benchmarks/healed_pruning.py).
+else may run beside it (the timing).
 """
 
 from __future__ import annotations
@@ -96,8 +104,22 @@ def main() -> int:
     p.add_argument("--targets", default=None, help="targets to time on, comma-separated (default: the study's)")
     p.add_argument("--frontier", type=int, default=12, help="study frontier plans also scored and timed (default 12)")
     p.add_argument("--rounds", type=int, default=0, help="paired timing rounds (default: the target's protocol)")
+    p.add_argument("--heal-steps", type=int, default=0, help="heal every plan this many steps (default 0: no healing)")
+    p.add_argument("--heal-minutes", type=float, default=0.0, help="and/or for this many minutes of wall time each")
+    p.add_argument("--heal-data", help="training text for healing (JSONL with the study's text field)")
+    p.add_argument("--heal-trainable", default="all",
+                   help="what trains, comma-separated: all (embeddings and head frozen) and/or modules (default all)")
+    p.add_argument("--heal-dir", default=os.path.join(ROOT, "exports", "llm-pruning-healed"),
+                   help="where the healed exports go (default exports/llm-pruning-healed)")
+    p.add_argument("--heal-batch-tokens", type=int, default=2048, help="tokens per healing step (default 2048)")
     p.add_argument("--json")
     a = p.parse_args()
+    healing = a.heal_steps > 0 or a.heal_minutes > 0
+    rules = [r.strip() for r in a.heal_trainable.split(",") if r.strip()]
+    if healing and not a.heal_data:
+        p.error("--heal-steps/--heal-minutes need --heal-data (the training text)")
+    if healing and (not rules or any(r not in ("all", "modules") for r in rules)):
+        p.error(f"--heal-trainable: give all and/or modules, not {a.heal_trainable!r}")
 
     import torch
 
@@ -206,6 +228,11 @@ def main() -> int:
         progress.put(f"test:{label}", scored[label])
         say(f"test perplexity {scored[label]:12.2f}  {label}")
     seconds["scoring"] = time.perf_counter() - t
+    healed: dict[str, dict] = {}  # "label|rule" -> the healed export's figures
+    if healing:
+        t = time.perf_counter()
+        healed = _heal_all(a, cfg, bank, task, test, rows, models, rules, progress, say)
+        seconds["healing"] = time.perf_counter() - t
 
     flops = LayerFlops(bank, targets[0])
     f_teacher = flops(teacher)["total"]
@@ -254,12 +281,30 @@ def main() -> int:
                 r[f"{k}_test_ppl"] = scored[r[k]]
                 r[f"{k}_speedup"] = {tn: speed[tn][r[k]] for tn in speed}
                 r[f"{k}_flops_ratio"] = flops(plan_of(r[k]))["total"] / f_teacher
+        for k in KINDS:
+            for rule in rules if healing else ():
+                if k in r and f"{r[k]}|{rule}" in healed:
+                    r.setdefault(f"{k}_healed", {})[rule] = healed[f"{r[k]}|{rule}"]
         base = [scored[r[k]] for k in KINDS[:-1] if k in r and k != "greedy"]
         if "modsearch" in r and base:
             r["margin_over_best_baseline"] = min(base) / scored[r["modsearch"]]
     for r in rows:
         say(f"  {r['removed']} removed: " + "; ".join(f"{TITLES[k]} {r[k]}" for k in KINDS if k in r)
             + (f" (trial {r['modsearch_trial']})" if "modsearch_trial" in r else ""))
+
+    if healing:
+        say("")
+        say(f"healed at equal budget ({a.heal_steps or '-'} steps, {a.heal_minutes or '-'} min, "
+            f"{a.heal_batch_tokens} tokens a step, {os.path.relpath(a.heal_data, ROOT)}): test perplexity "
+            f"(x the teacher), per rule for what trains")
+        for rule in rules:
+            say(f"{'removed':>9} | " + " | ".join(f"{TITLES[k]:>{width}}" for k in KINDS) + f"   ({rule})")
+            for r in rows:
+                cells = []
+                for k in KINDS:
+                    h = r.get(f"{k}_healed", {}).get(rule)
+                    cells.append((f"{h['test_ppl']:9.1f} ({h['test_ppl'] / tp:5.2f}x)" if h else "-").rjust(width))
+                say(f"{r['removed']:>3} of {depth:<3} | " + " | ".join(cells))
 
     goals = []
     candidates = [lbl for lbl in todo if not lbl.startswith("replaceme:") and lbl != teacher
@@ -290,9 +335,59 @@ def main() -> int:
             "block_influence": [1.0 - sim[i][i + 1] for i in range(depth)], "replaceme": replaceme_info,
             "rows": rows, "frontier": [{"plan": lbl, "test_ppl": scored[lbl],
                                         "speedup": {tn: speed[tn][lbl] for tn in speed}} for lbl in frontier],
-            "goals": goals, "timing": {"target": main_target, **timing[main_target], "targets": timing},
+            "goals": goals,
+            "healing": ({"steps": a.heal_steps, "minutes": a.heal_minutes, "batch_tokens": a.heal_batch_tokens,
+                         "data": os.path.relpath(a.heal_data, ROOT), "rules": rules} if healing else None),
+            "timing": {"target": main_target, **timing[main_target], "targets": timing},
             "seconds": seconds})
     return 0
+
+
+def _heal_all(a, cfg, bank, task, test, rows, models, rules, progress, say) -> dict[str, dict]:
+    """Heal every plan of ``rows`` under each rule with one budget; score each healed export on ``test``."""
+    from transformers import AutoModelForCausalLM
+
+    from modsearch.heal import HealConfig, heal
+    from modsearch.plan._plan import MODULE
+    from modsearch.quality._score import score_quality
+
+    devset = cfg.load_devset()
+    out: dict[str, dict] = {}
+    for r in rows:
+        for kind in KINDS:
+            label = r.get(kind)
+            if label is None:
+                continue
+            plan = bank.plan(label.split(":", 1)[1] if label.startswith("replaceme:") else label)
+            for rule in rules:
+                key = f"{label}|{rule}"
+                if key in out:
+                    continue
+                if rule == "modules" and not any(b.kind == MODULE for st in plan.stacks for b in st):
+                    continue  # nothing to train under this rule: the plan has no module
+                done = progress.get(f"heal:{key}")
+                if done is not None:
+                    out[key] = done
+                    continue
+                name = f"{kind}-{r['removed']}-{rule}"
+                path = os.path.join(a.heal_dir, name)
+                hcfg = HealConfig(steps=a.heal_steps, minutes=a.heal_minutes, trainable=rule, w_task=0.0,
+                                  w_attn=0.0, batch_tokens=a.heal_batch_tokens, max_len=task.context_length or 256,
+                                  eval_every=max(1, (a.heal_steps or 40) // 4), warmup=max(1, (a.heal_steps or 40) // 10))
+                ckpt = path.rstrip(os.sep) + ".heal"
+                say(f"healing {name}: {plan}")
+                record = heal(bank, plan, a.heal_data, devset, task, path, hcfg, fields=(task.text_field or "text",),
+                              overwrite=True, resume=os.path.exists(os.path.join(ckpt, "state.json")),
+                              start=models.get(label), progress=False, log=say)
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=__import__("torch").float32)
+                value = score_quality(model, bank.tokenizer, test, task, source_prefix=bank.source_prefix).value
+                out[key] = {"test_ppl": value, "steps": record["steps"], "best_step": record["best_step"],
+                            "seconds": record["seconds"], "dev_before": record["dev"]["before"],
+                            "dev_after": record["dev"]["after"], "export": os.path.relpath(path, ROOT)}
+                progress.put(f"heal:{key}", out[key])
+                say(f"healed {name}: dev {record['dev']['before']:.2f} -> {record['dev']['after']:.2f}, test "
+                    f"perplexity {value:.2f} ({record['steps']} steps, {record['seconds']:.0f} s)")
+    return out
 
 
 if __name__ == "__main__":

@@ -132,6 +132,18 @@ class HealState:
     history: list = field(default_factory=list)
 
 
+def weights_sha256(model) -> str:
+    """sha256 of a model's state dict: names, dtypes, shapes and bytes, in name order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def _last_k(text: str) -> int | None:
     head, _, k = text.partition("-")
     return int(k) if head == "last" and k.isdigit() and int(k) >= 1 else None
@@ -223,11 +235,15 @@ def _load(path, params, opt, cfg: HealConfig, ident: dict) -> tuple[HealState, d
 # -- the loop --------------------------------------------------------------------------------------------------
 def heal(bank, plan, data: str, devset, task, out: str, cfg: HealConfig, *, fields: tuple[str, ...],
          overwrite: bool = False, resume: bool = False, info: dict | None = None, progress: bool = True,
-         log=print) -> dict:
+         log=print, start=None) -> dict:
     """Heal ``plan`` on the training rows of ``data`` (``fields``: source and target, or text), keep the step
     with the best score on ``devset`` (scored as ``task`` says: for ``lm``, in the windows of
     ``task.context_length`` and ``task.stride``, as a study scores) and export it to ``out``. Returns the healing
-    record written to ``assembly.json``."""
+    record written to ``assembly.json``.
+
+    ``start``: a model with ``plan``'s architecture to heal instead of the plan as the bank assembles it (a
+    training-free baseline's weights, e.g. ReplaceMe's folded map); it is copied, and the sha256 of its weights
+    joins the run's identity (a resume from other weights is refused) and the record."""
     from tqdm.auto import tqdm
 
     cfg.validate()
@@ -244,12 +260,23 @@ def heal(bank, plan, data: str, devset, task, out: str, cfg: HealConfig, *, fiel
     ckpt = os.path.abspath(out).rstrip(os.sep) + CKPT_SUFFIX
     ident = {"plan": str(plan), "bank_checksum": bank.checksum, "data_sha256": data_hash,
              "dev_sha256": devset.content_hash, "task": task.to_json()}
+    if start is not None:
+        ident["start_sha256"] = weights_sha256(start)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    model = assemble(bank, plan)
+    if start is not None:
+        import copy
+
+        model = copy.deepcopy(start)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if bank.adapter.depths(model) != dict(zip(bank.stack_names, plan.depths)):
+            raise UserError(f"the starting model's depths {bank.adapter.depths(model)} are not plan {plan}'s")
+    else:
+        model = assemble(bank, plan)
     if cfg.init == "copy":
         _copy_init(bank, model, plan)
     model.to(cfg.device)
@@ -331,6 +358,8 @@ def heal(bank, plan, data: str, devset, task, out: str, cfg: HealConfig, *, fiel
               "dev": {"metric": task.primary, "examples": len(devset), "before": state.before["value"],
                       "after": state.best_score, "task": task.to_json()},
               "history": state.history}
+    if start is not None:
+        record["start_sha256"] = ident["start_sha256"]
     spec = dict(info or {})
     spec["healing"] = record
     export_model(bank, plan, out, overwrite=overwrite, info=spec, model=model)

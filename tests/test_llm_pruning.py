@@ -1,6 +1,6 @@
 """benchmarks/llm_pruning.py end to end on a tiny Llama bank (no finished study): every baseline's plan removes
 at least its row's layers, the teacher's test perplexity is the one transformers' own loss gives, the teacher is
-its own reference (speed-up exactly 1), and a bad --fractions is one line."""
+its own reference (speed-up exactly 1), every plan heals at one budget, and a bad --fractions is one line."""
 
 import json
 import math
@@ -53,9 +53,12 @@ n_plans = 4
 
 def test_the_comparison_end_to_end(study):
     out = study / "r.json"
+    (study / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in _texts(12, 2)))
     res = subprocess.run([sys.executable, SCRIPT, str(study / "s.toml"), "--test", str(study / "test.jsonl"),
-                          "--fractions", "1/6,1/3,1/2", "--rounds", "6", "--json", str(out)],
-                         capture_output=True, text=True, timeout=600)
+                          "--fractions", "1/6,1/3,1/2", "--rounds", "6", "--heal-steps", "2", "--heal-data",
+                          str(study / "train.jsonl"), "--heal-trainable", "all,modules", "--heal-batch-tokens", "64",
+                          "--heal-dir", str(study / "healed"), "--json", str(out)],
+                         capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
     d = json.loads(out.read_text())
     assert [r["removed"] for r in d["rows"]] == [1, 2, 3]
@@ -88,14 +91,49 @@ def test_the_comparison_end_to_end(study):
                 break
     assert d["teacher_test_ppl"] == pytest.approx(math.exp(nll / n), rel=1e-4)
     assert "goal" in res.stdout and d["calibration"]["documents"] == 4
+    _check_healing(study, bank, d)
     # Killed and rerun with the same arguments: the plans and test scores come from the part file.
     again = subprocess.run(res.args, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "resuming: " in again.stdout
     assert not re.search(r"^test perplexity\s+\d", again.stdout, re.M)  # nothing scored again
+    assert not re.search(r"^healing ", again.stdout, re.M)  # nothing healed again
     assert json.loads(out.read_text())["rows"][0]["sleb"] == d["rows"][0]["sleb"]
+
+
+def _check_healing(study, bank, d):
+    """--heal-steps: each plan of every row heals with the same steps, text and rule; modules-only applies to the
+    plans with modules; a heal never ends worse on dev than it starts (step 0 is a candidate); ReplaceMe heals
+    from its folded weights (its step-0 dev score is the folded model's, not its bare drop plan's)."""
+    from modsearch.quality._score import score_plan, score_quality
+    from modsearch.search import StudyConfig
+    from modsearch.search._replaceme import replaceme
+
+    assert d["healing"]["steps"] == 2 and d["healing"]["rules"] == ["all", "modules"]
+    for row in d["rows"]:
+        for k in ("block_influence", "sleb", "replaceme", "streamline", "greedy"):
+            if k not in row:
+                continue
+            plan = bank.plan(row[k].split(":", 1)[-1])
+            healed = row[f"{k}_healed"]
+            modules = any(b.kind == "module" for b in plan.stacks[0])
+            assert set(healed) == ({"all", "modules"} if modules else {"all"})
+            for h in healed.values():
+                assert h["steps"] == 2 and h["dev_after"] <= h["dev_before"] and h["test_ppl"] > 0
+    row = d["rows"][1]
+    cfg = StudyConfig.load(str(study / "s.toml"))
+    task, dev = cfg.quality_task(), cfg.load_devset()
+    calibration = list(task.load_devset(cfg.data_path).sources)
+    _, folded, _ = replaceme(bank, row["removed"], calibration, max_tokens=2048)
+    start = row["replaceme_healed"]["all"]["dev_before"]
+    assert start == pytest.approx(score_quality(folded, bank.tokenizer, dev, task).value, rel=1e-5)
+    assert start != pytest.approx(score_plan(bank, row["replaceme"][10:], dev, task).value, rel=1e-5)
 
 
 def test_a_bad_share_is_one_line(study):
     res = subprocess.run([sys.executable, SCRIPT, str(study / "s.toml"), "--fractions", "1/0"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "--fractions" in res.stderr and "Traceback" not in res.stderr
+    res = subprocess.run([sys.executable, SCRIPT, str(study / "s.toml"), "--heal-steps", "2"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "--heal-data" in res.stderr and "Traceback" not in res.stderr
+

@@ -229,11 +229,26 @@ def llm_pruning(name: str) -> str:
         sp = speed(r, who)
         rows.append([r["removed"], *(cell(v) for v in base), cell(r.get("greedy_test_ppl")), cell(best, True),
                      _x(best_base / best) if best else "", _interval(sp) if sp else ""])
-    return (f"Test perplexity on {d['chapters']} test chapters, the teacher {t:.2f}; ratio to it in brackets. "
+    text = (f"Test perplexity on {d['chapters']} test chapters, the teacher {t:.2f}; ratio to it in brackets. "
             f"Speed-up: the study's plan, paired against the teacher on `{target}` "
             f"({d['timing']['rounds']} rounds).\n\n"
             + _table(["layers removed", *(titles[k] for k in kinds), "greedy (bank)", "**study's best**",
                       "beats the best baseline by", "speed-up [95 %]"], rows))
+    h = d.get("healing")
+    if not h:
+        return text
+    every = kinds + ["greedy", "modsearch"]
+    titles |= {"greedy": "greedy (bank)", "modsearch": "study's best"}
+    budget = " and ".join(x for x in (f"{h['steps']} steps" if h["steps"] else "",
+                                      f"{h['minutes']:g} min" if h["minutes"] else "") if x)
+    for rule in h["rules"]:
+        rows = [[r["removed"], *(cell((r.get(f"{k}_healed") or {}).get(rule, {}).get("test_ppl")) for k in every)]
+                for r in d["rows"]]
+        what = "the whole model but the embeddings and the head" if rule == "all" else "the plan's modules only"
+        text += (f"\n\nHealed at equal budget ({budget} of {h['batch_tokens']} tokens on `{h['data']}`, pure "
+                 f"distillation; trainable: {what}; best step on dev):\n\n"
+                 + _table(["layers removed", *(titles[k] for k in every)], rows))
+    return text
 
 
 def healed(name: str) -> str:
