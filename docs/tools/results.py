@@ -369,10 +369,33 @@ def headline_rows() -> list[tuple[str, str, str]]:
         ("the same plan, its modules tuned (90 steps)",
          f"test perplexity {tuned['test_after']:.2f}, {tuned['test_after'] / tt:.2f}\u00d7 the teacher's",
          HEALED["gemma"]),
+        *_smollm2_headline(),
         ("default sampler against random search, at 1 % of the default bank's plans",
          f"hypervolume {rp['medians']['default'][1]:.4f} against {rp['medians']['random'][1]:.4f} "
          f"(medians of {rp['seeds']} seeds)", REPLAY),
     ]
+
+
+def _smollm2_headline() -> list[tuple[str, str, str]]:
+    """SmolLM2-135M at a third of its layers removed, as assembled, once its comparison record is committed."""
+    name = LLM_PRUNING.get("smollm2") or _latest("llm-pruning-smollm2*.json")
+    if not name:
+        return []
+    d = _load(name)
+    q = next((r for r in d["rows"] if r["removed"] == 10 and r.get("modsearch_test_ppl")), None)
+    if q is None:
+        return []
+    tt, target = d["teacher_test_ppl"], d["timing"]["target"]
+    kinds = [k for k in ("block_influence", "sleb", "replaceme", "streamline") if f"{k}_test_ppl" in q]
+    best_base = min(kinds, key=lambda k: q[f"{k}_test_ppl"])
+    titles = {"block_influence": "Block Influence", "sleb": "SLEB", "replaceme": "ReplaceMe",
+              "streamline": "LLM-Streamline"}
+    mine = q["modsearch_test_ppl"]
+    return [(f"SmolLM2-135M (4-bit Q4_1 GGUF, dequantised), 10 of 30 layers removed, as assembled, "
+             f"{d['chapters']} test chapters",
+             f"test perplexity {mine:.2f}, {mine / tt:.2f}\u00d7 the teacher's {tt:.2f} (best baseline, "
+             f"{titles[best_base]}: {q[f'{best_base}_test_ppl'] / tt:.2f}\u00d7); paired speed-up "
+             f"{_interval(q['modsearch_speedup'][target])} on `{target}`", name)]
 
 
 def headline_markdown() -> str:
