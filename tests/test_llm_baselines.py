@@ -177,6 +177,15 @@ def test_prefix_cached_perplexity_equals_scoring_the_whole_plan(family, tmp_path
     def whole(blocks):
         return score_plan(b, ",".join(str(x) for x in blocks), dev, task).value
 
+    teacher = [Block(p, p, LAYER) for p in range(6)]  # the teacher's plan gives the base model's perplexity
+    base = b.base_model.eval()
+    nll = n = 0.0
+    for t in texts:
+        ids = b.tokenizer(t, truncation=True, max_length=max_tokens, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            nll += float(base(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1)
+        n += ids.shape[1] - 1
+    assert scorer.reference(teacher) == pytest.approx(math.exp(nll / n), rel=1e-4)
     reference = [Block(0, 0, LAYER), Block(1, 1, DROP)] + [Block(p, p, LAYER) for p in range(2, 6)]
     assert scorer.reference(reference) == pytest.approx(whole(reference), rel=1e-5)
     assert scorer.cached is (family != "gpt2")
