@@ -345,6 +345,7 @@ def main() -> int:
 
 def _heal_all(a, cfg, bank, task, test, rows, models, rules, progress, say) -> dict[str, dict]:
     """Heal every plan of ``rows`` under each rule with one budget; score each healed export on ``test``."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     from modsearch.heal import HealConfig, heal
@@ -379,7 +380,7 @@ def _heal_all(a, cfg, bank, task, test, rows, models, rules, progress, say) -> d
                 record = heal(bank, plan, a.heal_data, devset, task, path, hcfg, fields=(task.text_field or "text",),
                               overwrite=True, resume=os.path.exists(os.path.join(ckpt, "state.json")),
                               start=models.get(label), progress=False, log=say)
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=__import__("torch").float32)
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
                 value = score_quality(model, bank.tokenizer, test, task, source_prefix=bank.source_prefix).value
                 out[key] = {"test_ppl": value, "steps": record["steps"], "best_step": record["best_step"],
                             "seconds": record["seconds"], "dev_before": record["dev"]["before"],

@@ -270,9 +270,7 @@ def heal(bank, plan, data: str, devset, task, out: str, cfg: HealConfig, *, fiel
     if start is not None:
         import copy
 
-        model = copy.deepcopy(start)
-        for p in model.parameters():
-            p.requires_grad_(True)
+        model = copy.deepcopy(start)  # trainable_parameters() sets what trains
         if bank.adapter.depths(model) != dict(zip(bank.stack_names, plan.depths)):
             raise UserError(f"the starting model's depths {bank.adapter.depths(model)} are not plan {plan}'s")
     else:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .._errors import UserError
 from ..data._batching import length_sorted
 from ._head import head_input, token_scores
 from ._score import _encode_texts, _pad, _pad_id
@@ -60,8 +61,6 @@ class PrefixPerplexity:
         self.batches = [_pad([ids[i] for i in index], pad, False)
                         for index in length_sorted([len(r) for r in ids], batch_size) if index]
         if not sum(int(mask[:, 1:].sum()) for _, mask in self.batches):
-            from .._errors import UserError
-
             raise UserError("calibration perplexity: the texts hold no tokens to score")
         self.inputs: list[list[torch.Tensor]] = []  # per reference layer, per batch
         self.blocks: list = []

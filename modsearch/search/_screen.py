@@ -137,13 +137,12 @@ class Screen:
         if self.constraints:
             estimate = self.teacher_quality * mine / self.cheap(self.bank.teacher_plan())
             out["screen_estimate"] = estimate
-            for c in self.constraints:
-                if c.violation(estimate, self.teacher_quality) > self.margin * abs(c.threshold(self.teacher_quality)):
-                    out["screened_by"] = f"constraint {c.text}"
-                    self.counts["screened"] += 1
-                    self.counts["screened_infeasible"] += 1
-                    return out
-        for f in front_plans:
+            broken = next((c for c in self.constraints if c.violation(estimate, self.teacher_quality)
+                           > self.margin * abs(c.threshold(self.teacher_quality))), None)
+            if broken is not None:
+                out["screened_by"] = f"constraint {broken.text}"
+                self.counts["screened_infeasible"] += 1
+        for f in front_plans if "screened_by" not in out else ():
             f = self.bank.plan(f)
             if str(f) == str(plan):
                 continue
