@@ -35,8 +35,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tabular_search import TRIAL_FACTOR, _reference  # noqa: E402
 
 #: label -> (sampler, settings, seeded with the baselines)
-STRATEGIES = {"evolve": ("evolve", {}, True), "nsga2": ("nsga2", {}, True), "tpe": ("tpe", {}, True),
-              "random+seeds": ("random", {}, True), "seeds": (None, {}, True)}
+STRATEGIES = {"evolve": ("evolve", {}, True), "evolve-plain": ("evolve", {"predict_constraints": False}, True),
+              "nsga2": ("nsga2", {}, True), "tpe": ("tpe", {}, True), "random+seeds": ("random", {}, True),
+              "seeds": (None, {}, True)}
 _COSTS = ("params", "params_ratio", "flops", "flops_ratio")
 
 
@@ -60,12 +61,14 @@ class CheapStudy:
         self.screen = Screen(evaluator, cfg.objectives, windows)
         self.key = {"bank": self.bank.checksum, "data": self.screen.devset.content_hash,
                     "task": self.screen.task.to_json()}
-        self.cache_path, self.cache, self.new = cache_path, {}, 0
+        self.cache_path, self.cache, self.new, self._stored_seeds = cache_path, {}, 0, None
         if cache_path and os.path.exists(cache_path):
             with open(cache_path) as f:
                 stored = json.load(f)
             if stored.get("key") == self.key:
                 self.cache = stored["perplexity"]
+                if (stored.get("seeds") or {}).get("strategies") == list(cfg.seed_strategies):
+                    self._stored_seeds = stored["seeds"]["plans"]
             else:
                 log(f"cache {cache_path} holds another bank, dev set or fidelity: not used")
         self.seconds, self._seeds = 0.0, None
@@ -92,7 +95,10 @@ class CheapStudy:
         if self.cache_path:
             from modsearch._io import write_json
 
-            write_json(self.cache_path, {"key": self.key, "perplexity": self.cache})
+            seeds = ({"strategies": list(self.cfg.seed_strategies),
+                      "plans": [[str(p), src] for p, src in self._seeds if src != "user"]}
+                     if self._seeds is not None else None)
+            write_json(self.cache_path, {"key": self.key, "perplexity": self.cache, "seeds": seeds})
 
     def losses(self, plan) -> tuple[list[float], list[float]]:
         values = [self.perplexity(plan)] + self.screen.costs(plan)
@@ -113,9 +119,13 @@ class CheapStudy:
     def seeds(self, budget: int) -> list:
         from modsearch.search._seeds import limit_seeds, seed_plans
 
-        if self._seeds is None:  # measured once (SLEB and the greedy path score many plans)
+        if self._seeds is None and self._stored_seeds is not None:  # the baselines of an earlier run, same key
+            self._seeds = [(self.bank.plan(p), src) for p, src in self._stored_seeds]
+            self.log(f"{len(self._seeds)} baselines from the cache")
+        elif self._seeds is None:  # measured once (SLEB and the greedy path score many plans)
             self._seeds = seed_plans(self.bank, self.space, self.cfg.seed_strategies,
                                      calibration=self.cfg.calibration_texts(), log=self.log)
+            self.save()
             self._seeds += [(self.bank.plan(p), "user") for p in self.cfg.seed_plans]
         return limit_seeds(self._seeds, max(1, int(self.cfg.seed_share * budget)))
 
@@ -159,6 +169,15 @@ def run(cheap: CheapStudy, label: str, seed: int, budget: int, seeds: list) -> d
     if len(rows) < budget:
         study.optimize(objective, n_trials=TRIAL_FACTOR * budget)
     return {"label": label, "seed": seed, "rows": rows}
+
+
+def logged(cheap: CheapStudy, label: str, seed: int, budget: int, seeds: list) -> dict:
+    """:func:`run`, with a line on what it cost (the run's own scoring is what the cache did not hold)."""
+    t, n, s = time.perf_counter(), cheap.new, cheap.seconds
+    out = run(cheap, label, seed, budget, seeds)
+    print(f"  {label} seed {seed}: {len(out['rows'])} plans, {cheap.new - n} scored ({cheap.seconds - s:.0f} s), "
+          f"{time.perf_counter() - t:.0f} s", flush=True)
+    return out
 
 
 def scores(result: dict, reference: list[float], reference_hv: float) -> dict:
@@ -206,10 +225,10 @@ def main(argv=None) -> dict:
           f"{len(cheap.screen.devset)} window(s)), budget {budget} plans, {len(seeds)} baselines", flush=True)
 
     t_ref, n_before = time.perf_counter(), len(cheap.cache)
-    long_runs = [run(cheap, label, 1000, budget * a.reference_factor, cheap.seeds(budget * a.reference_factor))
+    long_runs = [logged(cheap, label, 1000, budget * a.reference_factor, cheap.seeds(budget * a.reference_factor))
                  for label in labels if STRATEGIES[label][0] is not None]
     ref_seconds, ref_plans = time.perf_counter() - t_ref, len({r["plan"] for x in long_runs for r in x["rows"]})
-    runs = [run(cheap, label, seed, budget, seeds) for label in labels for seed in range(a.seeds)]
+    runs = [logged(cheap, label, seed, budget, seeds) for label in labels for seed in range(a.seeds)]
     cheap.save()
     pool = {r["plan"]: r["losses"] for x in long_runs + runs for r in x["rows"] if r["feasible"]}
     pts = list(pool.values())

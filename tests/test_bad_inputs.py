@@ -166,6 +166,9 @@ CASES = {
     "study sampler setting out of range": (lambda c: ["search", c.study({'name = "nsga2"': 'name = "evolve"\n'
                                                                          'crossover_prob = 2'}), "--quiet"],
                                            "sampler.crossover_prob must be a probability"),
+    "study sampler switch that is not a boolean": (lambda c: ["search", c.study({'name = "nsga2"': 'name = "evolve"\n'
+                                                                            'predict_constraints = "yes"'}),
+                                                              "--quiet"], "sampler.predict_constraints must be"),
     "study screen with an unknown fidelity option": (lambda c: ["search", c.study(
         extra='[screen]\nwindows = 2\nfidelity = "bleu"'), "--quiet"], "unknown key 'screen.fidelity'"),
     "study screen that cannot rank (no window)": (lambda c: ["search", c.study(extra="[screen]\nwindows = 0"),

@@ -10,6 +10,7 @@ import tiny
 from modsearch import LayerBank
 from modsearch.quality import QualityTask, score_plan
 from modsearch.search import StudyConfig, run_search
+from modsearch.search._surrogate import ESTIMATES_ATTR
 
 TEXTS = ["the a of and to in is that for it", "with as was on be by this are at from or an",
          "which his her the of a and", "le la les de et un une des en du est que", "pour dans qui par sur au",
@@ -98,6 +99,8 @@ def test_an_exact_screen_screens_exactly_the_plans_that_break_the_constraint(lm_
         assert a["screened_by"] == "constraint quality <= 0.99 * teacher" and t.state.name == "PRUNED"
         full = score_plan(bank, a["plan"], dev, task).value
         assert full == pytest.approx(a["screen_estimate"], rel=1e-5) and full > 0.99 * teacher
+        # What the sampler's constraint model learns from the screened plan: its violation, from the estimate.
+        assert a[ESTIMATES_ATTR] == {"quality <= 0.99 * teacher": pytest.approx(full - 0.99 * teacher, abs=1e-4 * full)}
     scored = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs["strategy"] == "sampler"
               and not t.user_attrs["cached"]]
     assert scored and all(t.user_attrs["feasible"] for t in scored)

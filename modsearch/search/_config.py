@@ -88,7 +88,7 @@ METRICS = ("quality", "params", "params_ratio", "flops", "flops_ratio", "latency
            "latency_ratio", "profile_latency_ms", "speedup")
 #: Sampler name -> the settings it accepts, with their types.
 SAMPLERS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "evolve": {"crossover_prob": float, "random_prob": float},
+    "evolve": {"crossover_prob": float, "random_prob": float, "predict_constraints": bool},
     "nsga2": {"population_size": int, "mutation_prob": float, "crossover_prob": float, "swapping_prob": float},
     "nsga3": {"population_size": int, "mutation_prob": float, "crossover_prob": float, "swapping_prob": float},
     "tpe": {"n_startup_trials": int, "n_ei_candidates": int, "multivariate": bool, "constant_liar": bool},

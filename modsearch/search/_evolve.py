@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 from ..plan._edits import crossovers, neighbours
 from ..plan._plan import AssemblyPlan
 from ._pareto import pareto_front
+from ._surrogate import ESTIMATES_ATTR, ConstraintModel
 
 __all__ = ["PlanEvolutionSampler"]
 
@@ -41,11 +42,16 @@ class PlanEvolutionSampler(BaseSampler):
     """Proposes edits of the feasible front's plans (see the module docstring).
 
     ``crossover_prob``: the share of proposals that cross two front members; ``random_prob``: the share drawn
-    uniformly from the space (exploration; in a deep space most such plans are infeasible, so keep it small).
+    uniformly from the space (exploration; in a deep space most such plans are infeasible, so keep it small);
+    ``predict_constraints``: propose only plans the constraint model
+    (:class:`~modsearch.search._surrogate.ConstraintModel`, fitted on the study's measured plans) predicts
+    feasible, while there are such plans.
     """
 
-    def __init__(self, genome, *, seed: int | None = None, crossover_prob: float = 0.2, random_prob: float = 0.05):
+    def __init__(self, genome, *, seed: int | None = None, crossover_prob: float = 0.2, random_prob: float = 0.05,
+                 predict_constraints: bool = True):
         self.genome = genome
+        self.predict_constraints = predict_constraints
         self.space = genome.space
         self.seed = 0 if seed is None else seed
         self.crossover_prob = crossover_prob
@@ -92,14 +98,29 @@ class PlanEvolutionSampler(BaseSampler):
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None
                 and self._plan_of(t) is not None]
         ranks = _Ranks(done, study.directions)
+        model = self._model(trials) if self.predict_constraints else None
+
+        def excess(child, parent=None) -> float:
+            return 0.0 if model is None else sum(max(0.0, v) for v in model.violations(child, parent).values())
+
+        def ok(child, parent=None) -> bool:
+            return excess(child, parent) <= 0
+
         u = rng.random()
+        fallback = None
+        if done and u < self.random_prob and model is not None:
+            plan = self._random(rng, known, ok, strict=True)
+            if plan is not None:
+                return plan, "random", []
+            u = self.random_prob  # no random plan predicted feasible: an edit instead
         if done and u >= self.random_prob:
             if u < self.random_prob + self.crossover_prob:
                 pool = [t for rank in ranks.first(2) for t in rank][:64]
                 if len(pool) >= 2:
                     a, b = rng.sample(pool, 2)
                     pa, pb = AssemblyPlan.parse(self._plan_of(a)), AssemblyPlan.parse(self._plan_of(b))
-                    children = [c for c in crossovers(pa, pb) + crossovers(pb, pa) if str(c) not in known]
+                    children = [c for c in crossovers(pa, pb) + crossovers(pb, pa)
+                                if str(c) not in known and ok(c, _nearer(c, pa, pb))]
                     if children:
                         return rng.choice(children), "crossover", [pa, pb]
             for rank in ranks:
@@ -118,22 +139,63 @@ class PlanEvolutionSampler(BaseSampler):
                     options: dict[str, list[AssemblyPlan]] = {}
                     for child, kind in neighbours(parent, self.space):
                         if str(child) not in known:
-                            options.setdefault(kind, []).append(child)
+                            e = excess(child, parent)
+                            if e <= 0:
+                                options.setdefault(kind, []).append(child)
+                            elif fallback is None or e < fallback[0]:
+                                fallback = (e, child, kind, parent)
                     if options:
                         kind = rng.choice(sorted(options))  # each kind of edit alike, then a child of it
                         return rng.choice(options[kind]), kind, [parent]
-        return self._random(rng, known), "random", []
+            if fallback is not None and model is not None:
+                # Every unknown edit of every ranked plan is predicted infeasible: the one predicted to break the
+                # constraints least, so the model learns where it was wrong rather than the search leaving the
+                # front for a random plan.
+                _, child, kind, parent = fallback
+                return child, kind, [parent]
+        return self._random(rng, known, ok), "random", []
 
-    def _random(self, rng: random.Random, known: set[str]) -> AssemblyPlan:
+    def _model(self, trials) -> ConstraintModel | None:
+        """The constraint model of the measured trials (screened ones with their estimates), or None while no
+        trial has a constraint."""
+        points = []
+        for t in trials:
+            plan = self._plan_of(t) if t.state in (TrialState.COMPLETE, TrialState.PRUNED) else None
+            if plan is None:
+                continue
+            if t.state == TrialState.COMPLETE and t.values is not None and t.constraints:
+                points.append((plan, dict(t.constraints), list(t.values)))
+            elif t.state == TrialState.PRUNED and t.user_attrs.get(ESTIMATES_ATTR):
+                points.append((plan, dict(t.user_attrs[ESTIMATES_ATTR]), None))
+        model = ConstraintModel.fit(points) if points else None
+        return model if model is not None and model.fits else None
+
+    def _random(self, rng: random.Random, known: set[str], ok=lambda plan: True, strict: bool = False):
+        """A new plan drawn uniformly, one ``ok`` says is feasible first; with ``strict``, None when none of 64
+        draws is."""
+        first = None
         for _ in range(64):
             plan = self.space.sample(1, seed=rng.randrange(2**32))[0]
             if str(plan) not in known:
-                return plan
+                if ok(plan):
+                    return plan
+                first = first or plan
+        if strict:
+            return None
+        if first is not None:
+            return first  # none of 64 predicted feasible: the first new one
         if self.space.count() <= 100_000:  # nearly every plan known: look for one that is not
             rest = [p for p in self.space if str(p) not in known]
             if rest:
                 return rng.choice(rest)
         return plan  # the space is exhausted: a known plan, served from the cache
+
+
+def _nearer(child: AssemblyPlan, a: AssemblyPlan, b: AssemblyPlan) -> AssemblyPlan:
+    """The parent that shares more blocks with ``child`` (a crossover child is predicted from it)."""
+    blocks = {(s, x) for s, st in enumerate(child.stacks) for x in st}
+    share = [len(blocks & {(s, x) for s, st in enumerate(p.stacks) for x in st}) for p in (a, b)]
+    return a if share[0] >= share[1] else b
 
 
 def _feasible(t) -> bool:
