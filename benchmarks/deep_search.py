@@ -9,8 +9,9 @@ predicted latency in place of a measured ``latency_ms``; all additive in the blo
 study's, each divided by the teacher's; its constraints on quality, params and FLOPs apply (quality read on the
 cheap perplexity, relative to the teacher's); others are ignored and named.
 
-1. A reference front: one long run of every strategy at ``--reference-factor`` times the budget, joined with
-   every plan any run below evaluates; its cost (distinct plans, seconds) is printed.
+1. A reference front: one long run of every strategy at ``--reference-factor`` times the budget; the reference
+   is the front of every feasible plan in the cache (these runs, the runs below, earlier invocations'); the
+   long runs' cost (distinct plans, seconds) is printed.
 2. Each strategy at the study's budget (its ``n_plans``, else ``n_trials``, at most 150; ``--budget``) for
    ``--seeds`` seeds, seeded with the study's baselines within ``max_share`` as ``modsearch search`` does.
    Printed per strategy, median [min, max] over seeds: hypervolume of its feasible plans relative to the
@@ -27,12 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tabular_search import TRIAL_FACTOR, _reference  # noqa: E402
+from tabular_search import TRIAL_FACTOR, _reference, _variant  # noqa: E402
 
 #: label -> (sampler, settings, seeded with the baselines)
 STRATEGIES = {"evolve": ("evolve", {}, True), "evolve-plain": ("evolve", {"predict_constraints": False}, True),
@@ -198,8 +200,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--windows", type=int, default=4, help="dev texts (lm) or examples the fidelity scores")
     ap.add_argument("--budget", type=int, help="distinct plans per run (default: the study's, at most 150)")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--reference-factor", type=int, default=10, help="the reference runs' budget, in budgets")
+    ap.add_argument("--reference-factor", type=int, default=10, help="the reference runs' budget, in budgets (0: no "
+                    "long runs; the reference is then the front of the cache's plans)")
     ap.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated: %(default)s")
+    ap.add_argument("--variant", action="append", metavar="LABEL=SAMPLER:K=V,...",
+                    help="another strategy, e.g. evolve-x3=evolve:crossover_prob=0.3 (repeatable)")
     ap.add_argument("--profile", help="a latency profile of the bank (modsearch profile): its prediction stands "
                     "in for latency_ms (else FLOPs do)")
     ap.add_argument("--cache", help="JSON cache of plan -> cheap perplexity (kept between runs)")
@@ -208,9 +213,12 @@ def main(argv=None) -> dict:
     from modsearch._errors import UserError
     from modsearch.search import StudyConfig, hypervolume, pareto_front
 
-    if a.windows < 1 or a.seeds < 1 or a.reference_factor < 1:
-        raise SystemExit("deep_search: error: --windows, --seeds and --reference-factor must be >= 1")
-    labels = a.strategies.split(",")
+    if a.windows < 1 or a.seeds < 1 or a.reference_factor < 0:
+        raise SystemExit("deep_search: error: --windows and --seeds must be >= 1, --reference-factor >= 0")
+    for v in a.variant or []:
+        label, name, settings, seeded = _variant(v)
+        STRATEGIES[label] = (name, settings, seeded)
+    labels = a.strategies.split(",") + [_variant(v)[0] for v in a.variant or []]
     if not set(labels) <= set(STRATEGIES):
         raise SystemExit(f"deep_search: error: strategies are {', '.join(STRATEGIES)}")
     try:
@@ -228,16 +236,24 @@ def main(argv=None) -> dict:
     long_runs = [logged(cheap, label, 1000, budget * a.reference_factor, cheap.seeds(budget * a.reference_factor))
                  for label in labels if STRATEGIES[label][0] is not None]
     ref_seconds, ref_plans = time.perf_counter() - t_ref, len({r["plan"] for x in long_runs for r in x["rows"]})
+    ref_new = len(cheap.cache) - n_before
     runs = [logged(cheap, label, seed, budget, seeds) for label in labels for seed in range(a.seeds)]
     cheap.save()
-    pool = {r["plan"]: r["losses"] for x in long_runs + runs for r in x["rows"] if r["feasible"]}
+    # The reference: the front of every feasible plan ever scored at this fidelity (the cache, which holds every
+    # run's plans, this one's and earlier ones'), so runs of separate invocations are judged against one front.
+    pool = {}
+    for plan in list(cheap.cache):
+        norm, viol = cheap.losses(cheap.bank.plan(plan))
+        if all(v <= 0 for v in viol):
+            pool[plan] = norm
     pts = list(pool.values())
     front = [pts[i] for i in pareto_front(pts)]
     reference = _reference(front)
     ref_hv = hypervolume(front, reference)
-    print(f"reference front: {len(front)} plans from {len(pool)} feasible of all runs; its long runs "
+    print(f"reference front: {len(front)} plans from {len(pool)} feasible of the {len(cheap.cache)} plans ever "
+          f"scored at this fidelity (the cache); the long runs "
           f"({a.reference_factor} x the budget, {len(long_runs)} strategies) evaluated {ref_plans} distinct plans "
-          f"({len(cheap.cache) - n_before} new at this fidelity) in {ref_seconds:.0f} s")
+          f"({ref_new} new at this fidelity) in {ref_seconds:.0f} s")
     table = {}
     print(f"{'strategy':<14}{'hv / reference':>26}{'infeasible own':>24}{'own share of front':>24}")
     for label in labels:
@@ -251,7 +267,9 @@ def main(argv=None) -> dict:
     took = time.perf_counter() - t0
     print(f"medians [min, max] over {a.seeds} seeds at {budget} plans; {len(cheap.cache)} plans in the cache, "
           f"{cheap.new} scored by this run ({cheap.seconds:.0f} s of scoring); {took:.0f} s in all")
-    out = {"study": cfg.name, "budget": budget, "windows": a.windows, "seeds": a.seeds,
+    out = {"command": "python benchmarks/deep_search.py " + " ".join(shlex.quote(x) for x in
+                                                             (sys.argv[1:] if argv is None else argv)),
+           "study": cfg.name, "budget": budget, "windows": a.windows, "seeds": a.seeds,
            "reference": {"factor": a.reference_factor, "plans": ref_plans, "seconds": ref_seconds,
                          "front": front, "point": reference, "hv": ref_hv},
            "runs": table, "seconds": took}

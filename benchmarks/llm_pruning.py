@@ -31,7 +31,7 @@ training text and the same rule for what trains (``--heal-trainable``: ``all`` =
 embeddings and the head, ``modules`` = the plan's modules only, for the plans that have modules), pure
 distillation from the teacher (``w_task = 0``), the dev set and windows of the study for the best step; then
 scored on the test text. ReplaceMe heals from its folded weights. Each healed export goes to ``--heal-dir``;
-a killed run resumes each heal from its checkpoint.
+a killed run resumes each heal from its checkpoint. ``--heal-removed 10`` heals the rows of that depth only.
 
 Goals (issue 32): at >= 1.5x (verified), the study's plan keeps test perplexity <= 1.25x the teacher's, at
 >= 2x <= 1.6x, and beats the best baseline at every depth; the last lines print where each stands. Nothing
@@ -112,6 +112,8 @@ def main() -> int:
     p.add_argument("--heal-dir", default=os.path.join(ROOT, "exports", "llm-pruning-healed"),
                    help="where the healed exports go (default exports/llm-pruning-healed)")
     p.add_argument("--heal-batch-tokens", type=int, default=2048, help="tokens per healing step (default 2048)")
+    p.add_argument("--heal-removed", help="heal only the rows of these depths (layers removed, comma-separated; "
+                   "default every row)")
     p.add_argument("--json")
     a = p.parse_args()
     healing = a.heal_steps > 0 or a.heal_minutes > 0
@@ -120,6 +122,8 @@ def main() -> int:
         p.error("--heal-steps/--heal-minutes need --heal-data (the training text)")
     if healing and (not rules or any(r not in ("all", "modules") for r in rules)):
         p.error(f"--heal-trainable: give all and/or modules, not {a.heal_trainable!r}")
+    if a.heal_removed and not all(x.strip().isdigit() for x in a.heal_removed.split(",")):
+        p.error(f"--heal-removed: give layer counts (e.g. 10 or 6,10), not {a.heal_removed!r}")
 
     import torch
 
@@ -337,6 +341,7 @@ def main() -> int:
                                         "speedup": {tn: speed[tn][lbl] for tn in speed}} for lbl in frontier],
             "goals": goals,
             "healing": ({"steps": a.heal_steps, "minutes": a.heal_minutes, "batch_tokens": a.heal_batch_tokens,
+                         "removed": a.heal_removed and sorted(int(x) for x in a.heal_removed.split(",")),
                          "data": os.path.relpath(a.heal_data, ROOT), "rules": rules} if healing else None),
             "timing": {"target": main_target, **timing[main_target], "targets": timing},
             "seconds": seconds})
@@ -354,7 +359,10 @@ def _heal_all(a, cfg, bank, task, test, rows, models, rules, progress, say) -> d
 
     devset = cfg.load_devset()
     out: dict[str, dict] = {}
+    only = {int(x) for x in a.heal_removed.split(",")} if a.heal_removed else None
     for r in rows:
+        if only is not None and r["removed"] not in only:
+            continue
         for kind in KINDS:
             label = r.get(kind)
             if label is None:
