@@ -33,12 +33,13 @@ SEQ2SEQ = ('target = "cpu-1t-b1"', '[data]\npath = "dev.jsonl"\nsource_field = "
 
 
 def _study(root, name, windows, margin=0.0, budget="n_trials = 24", sampler="evolve", kind=LM,
-           objectives='["quality", "params"]', constraints='["quality <= 40 * teacher"]'):
+           objectives='["quality", "params"]', constraints='["quality <= 40 * teacher"]', extra=""):
     p = root / f"{name}.toml"
     p.write_text(f"""bank = "bank"
 {kind[0]}
 objectives = {objectives}
 constraints = {constraints}
+{extra}
 [screen]
 windows = {windows}
 margin = {margin}
@@ -73,7 +74,8 @@ def test_an_exact_screen_never_prunes_a_plan_the_full_score_puts_on_the_front(lm
         params = bank.describe_plan(bank.plan(a["plan"]))["params"]
         # Dominated by a complete feasible trial in the full figures: it could not be on the front.
         assert any(d.user_attrs["feasible"] and d.values[0] < full and d.values[1] <= params for d in done), a["plan"]
-    # Seeds are never screened; screened trials count toward n_trials.
+    # The baselines are screened by the constraints alone, which they meet here; screened trials count toward
+    # n_trials.
     assert all(t.user_attrs["strategy"] == "sampler" for t in screened)
     assert len(trials) == result.n_trials == 24
     assert result.evaluations["screen_screened"] == len(screened)
@@ -85,7 +87,8 @@ def test_an_exact_screen_screens_exactly_the_plans_that_break_the_constraint(lm_
     # (The tiny random model's plans sit near its teacher's perplexity: a bound below the teacher splits them.)
     # Exact fidelity, margin 0: the estimate of a plan's perplexity is its full score, so a plan is screened by
     # the constraint exactly when it is infeasible: every screened one breaks it and no scored proposal does.
-    cfg = _study(lm_setup, "exact-constraint", windows=len(TEXTS), constraints='["quality <= 0.99 * teacher"]')
+    cfg = _study(lm_setup, "exact-constraint", windows=len(TEXTS), constraints='["quality <= 0.99 * teacher"]',
+                 extra='cache = "cache-exact-constraint"')  # its own cache: no baseline is served from another's
     result = run_search(cfg, progress=False, log=None)
     trials = result.study.trials
     bank = LayerBank.load(cfg.bank)
@@ -101,6 +104,12 @@ def test_an_exact_screen_screens_exactly_the_plans_that_break_the_constraint(lm_
         assert full == pytest.approx(a["screen_estimate"], rel=1e-5) and full > 0.99 * teacher
         # What the sampler's constraint model learns from the screened plan: its violation, from the estimate.
         assert a[ESTIMATES_ATTR] == {"quality <= 0.99 * teacher": pytest.approx(full - 0.99 * teacher, abs=1e-4 * full)}
+    # The baselines too are screened by the constraint, and exactly those that break it; never the teacher.
+    uniform = [t for t in trials if t.user_attrs.get("strategy") == "uniform"]
+    assert uniform and any(t.state.name == "PRUNED" for t in uniform)
+    for t in uniform:
+        assert (t.state.name == "PRUNED") == (score_plan(bank, t.user_attrs["plan"], dev, task).value > 0.99 * teacher)
+    assert next(t for t in trials if t.user_attrs.get("strategy") == "teacher").state.name == "COMPLETE"
     scored = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs["strategy"] == "sampler"
               and not t.user_attrs["cached"]]
     assert scored and all(t.user_attrs["feasible"] for t in scored)

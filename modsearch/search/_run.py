@@ -331,8 +331,13 @@ def _objective(cfg, evaluator: PlanEvaluator, genome: PlanGenome, teacher: dict,
     def objective(trial):
         trial.set_user_attr("worker", worker_id())  # before the work: a dead worker's trial is recognisable
         plan = genome.suggest(trial)
-        if screen is not None and "strategy" not in trial.user_attrs and evaluator.lookup(plan) is None:
-            verdict = screen.check(plan, [t.user_attrs["plan"] for t in trial.study.best_trials])
+        strategy = trial.user_attrs.get("strategy")
+        # The sampler's proposals are screened against the front and the constraints; the baselines against the
+        # constraints only (one far past a bound cannot be on the front, and its full score and timing would
+        # take the sampler's time); the teacher, the user's own plans and cached plans never.
+        baseline = strategy is not None and strategy not in ("teacher", "user") and bool(screen and screen.constraints)
+        if screen is not None and (strategy is None or baseline) and evaluator.lookup(plan) is None:
+            verdict = screen.check(plan, [] if baseline else [t.user_attrs["plan"] for t in trial.study.best_trials])
             for k, v in verdict.items():
                 trial.set_user_attr(k, v)
             if "screened_by" in verdict:
@@ -343,7 +348,7 @@ def _objective(cfg, evaluator: PlanEvaluator, genome: PlanGenome, teacher: dict,
                         c.text: c.violation(verdict["screen_estimate"], teacher.get(c.metric))
                         for c in cfg.constraints if c.metric == "quality"})
                 trial.set_user_attr("plan", str(plan))
-                trial.set_user_attr("strategy", "sampler")
+                trial.set_user_attr("strategy", strategy or "sampler")
                 trial.set_user_attr("screened", True)
                 raise optuna.TrialPruned(f"screened out by {verdict['screened_by']}")
         rec = evaluator.evaluate(plan)

@@ -19,7 +19,9 @@ and a plan whose estimate breaks a bound by more than the margin is screened out
 score or a timing. Where the cheap fidelity is exact (every dev text, uncut) the estimate is the full score.
 
 A screened plan becomes a PRUNED trial with its cheap figure (``screen_perplexity``) and the front plan that
-screened it (``screened_by``). Seeds, and plans whose full score is already cached, are never screened. A
+screened it (``screened_by``). The baseline seeds are screened by the constraints only (one far past a bound
+cannot be on the front, and its full score and timing would take the sampler's time); the teacher, plans the
+user listed and plans whose full score is already cached never are. A
 screened trial counts toward ``n_trials`` (it is a trial) and the trial cap of ``n_plans`` (10 x n_plans
 trials), not toward ``n_plans``, which counts fully scored plans: the budget it saves goes to other plans.
 Front plans' cheap figures are computed once each, and every cheap figure is kept in the evaluation cache.
