@@ -445,7 +445,8 @@ def _deep_search_headline() -> list[tuple[str, str, str]]:
     inf = statistics.median(r["infeasible"] for r in d["runs"]["evolve"])
     return [(f"SmolLM2-135M bank's search at the study's budget ({d['budget']} plans of 66.5 billion)",
              f"the default sampler (evolve) reaches {med['evolve']:.3f} of the reference front's hypervolume "
-             f"({inf:.0%} of its proposals infeasible); random search after the same baselines {med['random+seeds']:.3f}, "
+             f"({100 * inf:.0f} % of its proposals infeasible); random search after the same baselines "
+             f"{med['random+seeds']:.3f}, "
              f"NSGA-II {med['nsga2']:.3f}, the baselines alone {med['seeds']:.3f} (medians of {d['seeds']} seeds, "
              f"screen fidelity)", DEEP_SEARCH)]
 
