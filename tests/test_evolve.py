@@ -184,7 +184,7 @@ def _quality(plan) -> float:
 
 
 def test_the_constraint_model_predicts_unseen_plans_of_seen_blocks_against_the_exact_rule():
-    from modsearch.search._surrogate import PlanModel
+    from modsearch.search._surrogate import ConstraintModel
 
     plans = DEEP.sample(400, seed=3)
     train, test = plans[:300], plans[300:]
@@ -194,7 +194,7 @@ def test_the_constraint_model_predicts_unseen_plans_of_seen_blocks_against_the_e
     drops = lambda p: sum(b.kind == DROP for st in p.stacks for b in st)  # noqa: E731
     points = [(str(p), {"q": _quality(p) - 30.0, "drops": drops(p) - 4.0}, [_quality(p), sum(p.depths)])
               for p in train]
-    model = PlanModel.fit(points)
+    model = ConstraintModel.fit(points)
     assert len(test) > 50
     for p in test:
         got = model.violations(p)

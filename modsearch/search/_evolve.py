@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 from ..plan._edits import crossovers, neighbours
 from ..plan._plan import AssemblyPlan
 from ._pareto import pareto_front
-from ._surrogate import ESTIMATES_ATTR, PlanModel
+from ._surrogate import ESTIMATES_ATTR, ConstraintModel
 
 __all__ = ["PlanEvolutionSampler"]
 
@@ -44,7 +44,7 @@ class PlanEvolutionSampler(BaseSampler):
     ``crossover_prob``: the share of proposals that cross two front members; ``random_prob``: the share drawn
     uniformly from the space (exploration; in a deep space most such plans are infeasible, so keep it small);
     ``predict_constraints``: propose only plans the constraint model
-    (:class:`~modsearch.search._surrogate.PlanModel`, fitted on the study's measured plans) predicts
+    (:class:`~modsearch.search._surrogate.ConstraintModel`, fitted on the study's measured plans) predicts
     feasible, while there are such plans.
     """
 
@@ -155,7 +155,7 @@ class PlanEvolutionSampler(BaseSampler):
                 return child, kind, [parent]
         return self._random(rng, known, ok), "random", []
 
-    def _model(self, trials) -> PlanModel | None:
+    def _model(self, trials) -> ConstraintModel | None:
         """The constraint model of the measured trials (screened ones with their estimates), or None while no
         trial has a constraint."""
         points = []
@@ -167,7 +167,7 @@ class PlanEvolutionSampler(BaseSampler):
                 points.append((plan, dict(t.constraints), list(t.values)))
             elif t.state == TrialState.PRUNED and t.user_attrs.get(ESTIMATES_ATTR):
                 points.append((plan, dict(t.user_attrs[ESTIMATES_ATTR]), None))
-        model = PlanModel.fit(points) if points else None
+        model = ConstraintModel.fit(points) if points else None
         return model if model is not None and model.fits else None
 
     def _random(self, rng: random.Random, known: set[str], ok=lambda plan: True, strict: bool = False):

@@ -21,8 +21,8 @@ and the changes compound. So, per constraint:
 
 Screened trials count with their cheap estimate (user attribute ``constraint_estimates``).
 
->>> m = PlanModel.fit([("0,1,2", {"q": -2.0}, [1.0]), ("0-1,2", {"q": -1.0}, [2.0]),
-...                          ("0,1-2", {"q": -1.5}, [1.5]), ("0,x1,2", {"q": 1.0}, [4.0])])
+>>> m = ConstraintModel.fit([("0,1,2", {"q": -2.0}, [1.0]), ("0-1,2", {"q": -1.0}, [2.0]),
+...     ("0,1-2", {"q": -1.5}, [1.5]), ("0,x1,2", {"q": 1.0}, [4.0])])
 >>> m.violations("0,x1,x2", parent="0,x1,2")["q"] > 0
 True
 """
@@ -36,7 +36,7 @@ import numpy as np
 
 from ..plan._plan import LAYER, MODULE, AssemblyPlan
 
-__all__ = ["PlanModel"]
+__all__ = ["ConstraintModel"]
 
 #: The user attribute where a screened trial keeps its estimated violations, ``{constraint: violation}``.
 ESTIMATES_ATTR = "constraint_estimates"
@@ -83,14 +83,14 @@ class _Fit:
         return self.back(y)
 
 
-class PlanModel:
+class ConstraintModel:
     """Predicted constraint violations (``> 0``: infeasible) of unmeasured plans; see the module docstring."""
 
     def __init__(self, fits: dict[str, _Fit]):
         self.fits = fits
 
     @classmethod
-    def fit(cls, points: list[tuple[str, dict[str, float], list[float] | None]]) -> PlanModel:
+    def fit(cls, points: list[tuple[str, dict[str, float], list[float] | None]]) -> ConstraintModel:
         """``points``: (plan, {constraint: violation}, objective values or None for an estimate) per trial."""
         fits = {}
         for name in sorted({k for _, c, _ in points for k in c}):
