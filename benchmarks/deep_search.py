@@ -69,7 +69,8 @@ class CheapStudy:
                 stored = json.load(f)
             if stored.get("key") == self.key:
                 self.cache = stored["perplexity"]
-                if (stored.get("seeds") or {}).get("strategies") == list(cfg.seed_strategies):
+                if (stored.get("seeds") or {}).get("strategies") == list(cfg.seed_strategies) \
+                        and stored["seeds"].get("code") == _seeds_code():
                     self._stored_seeds = stored["seeds"]["plans"]
             else:
                 log(f"cache {cache_path} holds another bank, dev set or fidelity: not used")
@@ -97,7 +98,7 @@ class CheapStudy:
         if self.cache_path:
             from modsearch._io import write_json
 
-            seeds = ({"strategies": list(self.cfg.seed_strategies),
+            seeds = ({"strategies": list(self.cfg.seed_strategies), "code": _seeds_code(),
                       "plans": [[str(p), src] for p, src in self._seeds if src != "user"]}
                      if self._seeds is not None else None)
             write_json(self.cache_path, {"key": self.key, "perplexity": self.cache, "seeds": seeds})
@@ -130,6 +131,16 @@ class CheapStudy:
             self.save()
             self._seeds += [(self.bank.plan(p), "user") for p in self.cfg.seed_plans]
         return limit_seeds(self._seeds, max(1, int(self.cfg.seed_share * budget)))
+
+
+def _seeds_code() -> str:
+    """The content hash of the baselines' code: cached baselines of an older rule are measured again."""
+    import hashlib
+
+    import modsearch.search._seeds as seeds
+
+    with open(seeds.__file__, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 def run(cheap: CheapStudy, label: str, seed: int, budget: int, seeds: list) -> dict:
@@ -182,6 +193,52 @@ def logged(cheap: CheapStudy, label: str, seed: int, budget: int, seeds: list) -
     return out
 
 
+def verified_table(cheap: CheapStudy, pool: dict, runs: list, labels: list, rounds: int) -> dict:
+    """The hypervolumes again with verified speed-ups: the plans of the reference front and of every run's
+    front (by the profile) timed against the teacher (:func:`verified_ratios`), their latency replaced by the
+    measured ratio; the reference is the front of all of them; each run's hypervolume is its front's (a plan the
+    profile ranks dominated is taken to stay so)."""
+    from modsearch.search import hypervolume, pareto_front
+
+    if "latency_ms" not in cheap.cfg.objectives:
+        raise SystemExit("deep_search: error: --verify-rounds needs a study with a latency_ms objective")
+    k = cheap.cfg.objectives.index("latency_ms")
+
+    def front_plans(rows: dict) -> list[str]:
+        names = list(rows)
+        return [names[i] for i in pareto_front([rows[n] for n in names])] if names else []
+
+    ref_plans = front_plans(pool)
+    run_fronts = [front_plans({r["plan"]: r["losses"] for r in x["rows"] if r["feasible"]}) for x in runs]
+    plans = list(dict.fromkeys([*ref_plans, *(p for f in run_fronts for p in f)]))
+    t = time.perf_counter()
+    print(f"verifying {len(plans)} plans (the reference front's {len(ref_plans)} and every run's front) on "
+          f"{cheap.cfg.target}, {rounds} paired rounds", flush=True)
+    ratios = verified_ratios(cheap, plans, rounds)
+    teacher = str(cheap.bank.teacher_plan())
+
+    def verified(p: str) -> list[float]:
+        losses = list(pool[p])
+        losses[k] = 1.0 if p == teacher else ratios[p]["ratio"]
+        return losses
+
+    pts = [verified(p) for p in plans]
+    front = [pts[i] for i in pareto_front(pts)]
+    reference = _reference(front)
+    ref_hv = hypervolume(front, reference)
+    table = {}
+    print(f"{'strategy':<14}{'hv / reference, verified':>30}")
+    for label in labels:
+        got = [hypervolume([verified(p) for p in f], reference) / ref_hv if f and ref_hv > 0 else float("nan")
+               for x, f in zip(runs, run_fronts) if x["label"] == label]
+        table[label] = got
+        print(f"{label:<14}{statistics.median(got):>14.4f} [{min(got):.3f}, {max(got):.3f}]")
+    widest = max((r["half_width"] for r in ratios.values()), default=0.0)
+    print(f"verified in {time.perf_counter() - t:.0f} s; widest 95 % interval of a ratio: ±{widest:.1%}")
+    return {"rounds": rounds, "plans": {p: ratios.get(p) for p in plans}, "front": front, "point": reference,
+            "hv": ref_hv, "runs": table, "seconds": time.perf_counter() - t}
+
+
 def scores(result: dict, reference: list[float], reference_hv: float) -> dict:
     from modsearch.search import hypervolume, pareto_front
 
@@ -192,6 +249,41 @@ def scores(result: dict, reference: list[float], reference_hv: float) -> dict:
             "infeasible": sum(not r["feasible"] for r in own) / len(own) if own else float("nan"),
             "own_front": sum(not r["seed"] for r in front) / len(front) if front else float("nan"),
             "plans": len(result["rows"])}
+
+
+def verified_ratios(cheap: CheapStudy, plans: list[str], rounds: int, group: int = 12, log=print) -> dict:
+    """Each plan's latency ratio to the teacher (plan time / teacher time, with its interval) on the study's
+    target, measured as ``modsearch verify`` measures a frontier: in interleaved shuffled rounds of modsearch's
+    paired engine, ``group`` plans and the teacher at a time (every group has its own teacher, so the ratios of
+    groups measured minutes apart stay on one scale)."""
+    import random
+
+    from modsearch import assemble
+    from modsearch.cost import HardwareTarget
+    from modsearch.cost._measure import _runner, pinned_threads, prepare, timed_step
+    from modsearch.cost._paired import measure_paired
+    from modsearch.search._evaluator import dev_input_lengths
+
+    target = HardwareTarget.resolve(cheap.cfg.target)
+    if target.input_length == "dev":
+        target = target.with_input_lengths(dev_input_lengths(cheap.bank, cheap.cfg.load_devset(),
+                                                             cheap.cfg.quality_task()))
+    teacher, out = str(cheap.bank.teacher_plan()), {}
+    todo = [p for p in plans if p != teacher]
+    for g in range(0, len(todo), group):
+        chunk = [teacher, *todo[g:g + group]]
+        steps = []
+        for p in chunk:
+            model, inputs = prepare(assemble(cheap.bank, cheap.bank.plan(p)), target, 0)
+            steps.append(timed_step(_runner(model, inputs, target), target.device))
+        with pinned_threads(target.n_threads):
+            res = measure_paired(steps, target.protocol, rounds=rounds, rng=random.Random(g))
+        for p, r in zip(chunk[1:], res["ratios"][1:]):
+            out[p] = r
+        del steps
+        log(f"  verified {min(g + group, len(todo))}/{len(todo)} plans ({res['rounds']} rounds, "
+            f"{res['seconds']:.0f} s)")
+    return out
 
 
 def main(argv=None) -> dict:
@@ -208,6 +300,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--profile", help="a latency profile of the bank (modsearch profile): its prediction stands "
                     "in for latency_ms (else FLOPs do)")
     ap.add_argument("--cache", help="JSON cache of plan -> cheap perplexity (kept between runs)")
+    ap.add_argument("--verify-rounds", type=int, default=0, help="also time every plan of the reference front "
+                    "and of each run's front against the teacher on the study's target in this many paired rounds, "
+                    "and give the hypervolumes with these verified speed-ups (0: off)")
     ap.add_argument("--json", help="write every figure here")
     a = ap.parse_args(argv)
     from modsearch._errors import UserError
@@ -215,6 +310,10 @@ def main(argv=None) -> dict:
 
     if a.windows < 1 or a.seeds < 1 or a.reference_factor < 0:
         raise SystemExit("deep_search: error: --windows and --seeds must be >= 1, --reference-factor >= 0")
+    from modsearch.cost._paired import rounds_for_interval
+
+    if a.verify_rounds and a.verify_rounds < rounds_for_interval():
+        raise SystemExit(f"deep_search: error: --verify-rounds must be 0 or >= {rounds_for_interval()}")
     for v in a.variant or []:
         label, name, settings, seeded = _variant(v)
         STRATEGIES[label] = (name, settings, seeded)
@@ -273,6 +372,9 @@ def main(argv=None) -> dict:
            "reference": {"factor": a.reference_factor, "plans": ref_plans, "seconds": ref_seconds,
                          "front": front, "point": reference, "hv": ref_hv},
            "runs": table, "seconds": took}
+    if a.verify_rounds:
+        out["verified"] = verified_table(cheap, pool, runs, labels, a.verify_rounds)
+        out["seconds"] = time.perf_counter() - t0
     if a.json:
         from modsearch._io import write_json
 

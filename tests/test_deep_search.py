@@ -6,6 +6,8 @@ import json
 import os
 import sys
 
+import pytest
+
 from test_screen import _study, lm_setup  # noqa: F401  (the fixture: a tiny Llama bank and its dev texts)
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
@@ -36,3 +38,34 @@ def test_deep_search_on_a_tiny_bank(lm_setup, tmp_path, capsys):  # noqa: F811
     second = deep_search.main(args)
     assert "0 scored by this run" in capsys.readouterr().out
     assert json.dumps(second["runs"]) == json.dumps(first["runs"])  # (NaN != NaN as floats)
+
+
+
+def test_verified_hypervolumes_time_the_fronts_against_the_teacher(lm_setup, tmp_path, capsys):  # noqa: F811
+    """--verify-rounds times the reference front's plans and every run's front in paired rounds and gives the
+    hypervolumes with the measured latency ratios; the reference is the front of the verified points, so no run
+    exceeds it, and a plan of fewer layers measures faster than the teacher. Too few rounds are refused. (The
+    tiny bank is untrained, so the quality here is stated: each layer removed costs 10 %.)"""
+    cfg = _study(lm_setup, "deepv", windows=2, budget="n_plans = 8", objectives='["quality", "latency_ms"]')
+    try:
+        deep_search.main([cfg.source, "--verify-rounds", "3"])
+        raise AssertionError("3 rounds accepted")
+    except SystemExit as exc:
+        assert "--verify-rounds" in str(exc)
+    cheap = deep_search.CheapStudy(cfg, 2, None)
+    plans = ["0,1,2,3,4,5", "0-1,2,3,4,5", "0-1,2-3,4,5", "0-2,3-5", "0,1,2,3,4-5"]
+    pool = {}
+    for p in plans:
+        removed = 6 - len(p.split(","))
+        pool[p] = [1 + 0.1 * removed, cheap.screen.costs(cheap.bank.plan(p))[0] / cheap.teacher[1]]
+    runs = [{"label": "a", "rows": [{"plan": p, "losses": pool[p], "feasible": True} for p in plans[:3]]},
+            {"label": "b", "rows": [{"plan": p, "losses": pool[p], "feasible": True} for p in plans]}]
+    v = deep_search.verified_table(cheap, pool, runs, ["a", "b"], rounds=6)
+    assert "verifying" in capsys.readouterr().out
+    assert {"0,1,2,3,4,5", "0-2,3-5"} <= set(v["plans"]) <= set(plans)  # fronts only (one of two equal points)
+    assert v["plans"]["0,1,2,3,4,5"] is None  # the teacher is the yardstick
+    timed = {p: r for p, r in v["plans"].items() if r is not None}
+    assert all(r["rounds"] == 6 and r["low"] <= r["ratio"] <= r["high"] for r in timed.values())
+    assert timed["0-2,3-5"]["ratio"] < 1.0  # 2 layers of 6
+    assert v["runs"]["b"] == [pytest.approx(1.0)]  # every plan: it is the reference
+    assert 0 < v["runs"]["a"][0] < 1.0

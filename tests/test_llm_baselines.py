@@ -196,3 +196,17 @@ def test_prefix_cached_perplexity_equals_scoring_the_whole_plan(family, tmp_path
                   (reference[:5] + [Block(5, 5, DROP)], 5)]
     for blocks, first in candidates:
         assert scorer.candidate(blocks, first) == pytest.approx(whole(blocks), rel=1e-5), [str(x) for x in blocks]
+
+
+def test_streamline_seeds_cover_every_long_module_of_the_bank(tmp_path):
+    """A recipe may train LLM-Streamline's modules at depths of its own (SmolLM2's at 1/5 of 30 layers = 6,
+    not among the seeds' shares 5, 8, 10, 15): each module removing at least the smallest share is a seed;
+    shorter ones are not, and a comparison at given shares keeps to them."""
+    from modsearch.search._seeds import pruning_plans
+
+    tiny.save_tiny("llama", str(tmp_path / "model"), dec=12)  # shares 1/6..1/2 of 12 remove 2, 3, 4, 6 layers
+    b = LayerBank.init(str(tmp_path / "model"), str(tmp_path / "bank"), granularities=[2], spans=["3-8", "0-3"])
+    removed = {str(p): sum(b.end - b.start for b in p.stacks[0] if b.kind == "module")
+               for p, _ in seed_plans(b, b.space(), ["streamline"], calibration=TEXTS)}
+    assert sorted(removed.values()) == [3, 5] and "0,1,2,3-8,9,10,11" in removed  # no 1-layer (2-span) seed
+    assert set(pruning_plans(b, b.space(), "streamline", TEXTS, fractions=[1 / 4, 1 / 2])) == {3}

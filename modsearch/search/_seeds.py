@@ -71,8 +71,10 @@ def seed_plans(bank, space: PlanSpace, strategies: Sequence[str],
     - ``greedy`` (decoder-only): SLEB over the bank, modules as well as drops: each step takes the change with
       the smallest rise of calibration log-perplexity per layer removed, to the same depths.
     - ``streamline`` (LLM-Streamline, Chen et al. 2024; decoder-only): replace the most redundant contiguous
-      span (the highest cos(input, output)) by one trained module, removing the same shares; only spans the
-      bank has a module for.
+      span (the highest cos(input, output)) by one trained module, removing the same shares and, beyond them,
+      as many layers as each module of the bank that removes at least the smallest share (a recipe trains
+      LLM-Streamline's modules at its own depths: SmolLM2's at 1/5, 1/3, 1/2); only spans the bank has a
+      module for.
 
     A plan proposed by several strategies is listed once, under the first. Plans outside ``space`` (drops
     when drops are off, spans left out) are skipped. ``log`` receives progress lines of the slow ones (SLEB).
@@ -168,6 +170,8 @@ def pruning_plans(bank, space: PlanSpace, strategy: str, calibration: Sequence[s
                            max_tokens=max_tokens, log=log)
         firsts = {k: next((p for p, n in path if n >= k), None) for k in counts}
         return {k: p for k, p in firsts.items() if p is not None}
+    if not fractions:  # as seeds: also every longer span the bank holds (a recipe may train other depths)
+        counts = sorted(set(counts) | {j - i for i, j in spans if j - i >= min(counts)})
     out = {}  # streamline: one module over the most redundant span the bank has a module for
     for k in counts:
         if any(j - i == k for i, j in spans):
