@@ -60,11 +60,14 @@ REPLAY = "replay-2026-12-03-retrained.json"
 OVERHEAD = "search_overhead-2026-12-01-wal.json"
 PREDICTOR = "latency_predictor-2026-12-02-retrained.json"
 # -- Gemma-3-270M ----------------------------------------------------------------------------------------------
-LLM_PRUNING = {"gemma": "llm-pruning-gemma-2026-12-06-study.json"}
+LLM_PRUNING = {"gemma": "llm-pruning-gemma-2026-12-06-study.json",
+               "smollm2": "llm-pruning-smollm2-2026-12-07-healed.json"}
+#: The SmolLM2 comparison before the healed run: two targets and the study's frontier (its study: run a).
+LLM_PRUNING_SMOLLM2_TARGETS = "llm-pruning-smollm2-2026-12-07.json"
 HEALED = {"gemma": "healed-pruning-gemma-2026-12-06-modules-all.json"}
 TRAIN_STEP = "llm_train_step-2026-12-02.json"
 # -- SmolLM2-135M ----------------------------------------------------------------------------------------------
-DEEP_SEARCH = "deep-search-smollm2-2026-12-07.json"
+DEEP_SEARCH = "deep-search-smollm2-2026-12-07d.json"
 VIEWS = "assembly-views-gemma-2026-12-03.json"
 
 #: The command that wrote each record (as run; the dates are in the names).
@@ -86,7 +89,8 @@ COMMANDS = {
                f"--repeats 5 --out-profile profiles/cpu-1t-b1.json --json benchmarks/results/{PREDICTOR}",
     DEEP_SEARCH: "python benchmarks/deep_search.py studies/smollm2-135m.toml --windows 4 --seeds 5 "
                  "--reference-factor 4 --profile profiles/smollm2-135m-cpu-1t-b1-lm.json "
-                 f"--cache benchmarks/results/deep-search-smollm2-135m.cache.json --json benchmarks/results/{DEEP_SEARCH}",
+                 "--cache benchmarks/results/deep-search-smollm2-135m.cache.json --verify-rounds 20 "
+                 f"--json benchmarks/results/{DEEP_SEARCH}",
     TRAIN_STEP: f"python benchmarks/llm_train_step.py --tokens 1024 --threads 2 --json benchmarks/results/{TRAIN_STEP}",
     VIEWS: "python benchmarks/assembly_views.py banks/gemma3-270m --data data/web-en/dev.jsonl "
            "--plan 0,1,2,3,4,5,6-7,8-9,10,11,12-13,14-15,16-17 --limit 1 --rounds 3",
@@ -188,15 +192,29 @@ def deep_search(name: str) -> str:
     labels = {"evolve": "**evolve with its constraint model (the default)**",
               "evolve-plain": "evolve without the constraint model", "nsga2": "NSGA-II, population 8",
               "seeds": "the baselines alone"}
+    def cell(vals, fmt):
+        vals = [v for v in vals if v == v]
+        return (f"{fmt.format(statistics.median(vals))} [{fmt.format(min(vals))}, {fmt.format(max(vals))}]"
+                if vals else "-")
+
+    verified = d.get("verified")
     rows = []
     for label, runs in d["runs"].items():
-        cells = []
-        for k, fmt in (("hv", "{:.4f}"), ("infeasible", "{:.0%}"), ("own_front", "{:.0%}")):
-            vals = [r[k] for r in runs if r[k] == r[k]]
-            cells.append(f"{fmt.format(statistics.median(vals))} [{fmt.format(min(vals))}, {fmt.format(max(vals))}]"
-                         if vals else "-")
+        cells = [cell([r[k] for r in runs], fmt)
+                 for k, fmt in (("hv", "{:.4f}"), ("infeasible", "{:.0%}"), ("own_front", "{:.0%}"))]
+        if verified:
+            cells.insert(1, cell(verified["runs"][label], "{:.3f}"))
         rows.append([labels.get(label, _STRATEGY.get(label, label))] + cells)
     ref = d["reference"]
+    head = ["strategy", "hypervolume / reference (profile latency)"]
+    head += ["the same, verified speed-ups"] if verified else []
+    head += ["infeasible", "own share of the front"]
+    timed = [v for v in (verified or {}).get("plans", {}).values() if v]
+    extra = (f" The verified column: the reference front's plans and every run's front ({len(timed) + 1} plans "
+             f"with the teacher) timed against the teacher in {verified['rounds']} paired rounds on the study's "
+             f"target (95 % intervals ±{100 * min(v['half_width'] for v in timed):.0f} to "
+             f"±{100 * max(v['half_width'] for v in timed):.0f} %: too wide to rank close points), the "
+             f"reference being the front of those verified points.") if verified else ""
     return (f"{d['budget']} distinct plans per run (the study's budget), {d['seeds']} seeds, medians [min, max]. "
             f"Every plan scored at the screen's fidelity (perplexity on {d['windows']} dev windows); latency from "
             f"the bank's latency profile. The reference front ({len(ref['front'])} plans) is the front of every "
@@ -204,8 +222,8 @@ def deep_search(name: str) -> str:
             f"{ref['factor']}\u00d7 the budget ({ref['plans']:,} distinct plans), and earlier trials of other "
             f"settings). \"infeasible\" is the share of "
             f"the sampler's own proposals that break the study's constraint; \"own share\" the share of the "
-            f"run's final front that are the sampler's plans, not baselines.\n\n"
-            + _table(["strategy", "hypervolume / reference", "infeasible", "own share of the front"], rows))
+            f"run's final front that are the sampler's plans, not baselines.{extra}\n\n"
+            + _table(head, rows))
 
 
 def overhead(name: str = OVERHEAD) -> str:
@@ -367,11 +385,17 @@ def render_page() -> str:
              _section("Scoring a view of the bank instead of a copy", VIEWS, views()),
              ]
     smol = _llm_sections("smollm2", "SmolLM2-135M")
+    smol.append(_section("SmolLM2-135M: against layer pruning on two targets (the first study's plans)",
+                         LLM_PRUNING_SMOLLM2_TARGETS, llm_pruning(LLM_PRUNING_SMOLLM2_TARGETS),
+                         "The same comparison before LLM-Streamline seeds covered 12-18, timed on both targets, "
+                         "with the study's frontier plans; no healing."))
     smol.append(_section("SmolLM2-135M: which search finds the frontier of a deep bank", DEEP_SEARCH,
                          deep_search(DEEP_SEARCH),
                          "The bank holds 66,512,188,363 plans. Strategies at the study's budget against a reference "
                          "front; the first run's log (`deep-search-smollm2-2026-12-07-first.log`) has the cost of "
-                         "the reference runs, scored from an empty cache."))
+                         "the reference runs, scored from an empty cache. The run before LLM-Streamline seeds "
+                         "covered the bank's 12-18 module (`deep-search-smollm2-2026-12-07.json`): evolve 0.918 "
+                         "[0.831, 0.926], the baselines alone 0.661."))
     parts += ["## SmolLM2-135M (30 layers, decoder-only)", ""]
     parts += smol or ["No record yet: the figures appear here once `benchmarks/results/llm-pruning-smollm2-*.json` "
                       "is committed (see the [tutorial](../tutorials/smollm2-135m.md)).", ""]
@@ -430,11 +454,19 @@ def _smollm2_headline() -> list[tuple[str, str, str]]:
     titles = {"block_influence": "Block Influence", "sleb": "SLEB", "replaceme": "ReplaceMe",
               "streamline": "LLM-Streamline"}
     mine = q["modsearch_test_ppl"]
-    return [(f"SmolLM2-135M (4-bit Q4_1 GGUF, dequantised), 10 of 30 layers removed, as assembled, "
+    rows = [(f"SmolLM2-135M (4-bit Q4_1 GGUF, dequantised), 10 of 30 layers removed, as assembled, "
              f"{d['chapters']} test chapters",
              f"test perplexity {mine:.2f}, {mine / tt:.2f}\u00d7 the teacher's {tt:.2f} (best baseline, "
              f"{titles[best_base]}: {q[f'{best_base}_test_ppl'] / tt:.2f}\u00d7); paired speed-up "
              f"{_interval(q['modsearch_speedup'][target])} on `{target}`", name)]
+    healed = {k: (q.get(f"{k}_healed") or {}).get("all", {}).get("test_ppl") for k in [*kinds, "modsearch"]}
+    if healed["modsearch"]:
+        base = min((k for k in kinds if healed[k]), key=lambda k: healed[k])
+        rows.append((f"the same depth, every plan healed at one budget ({d['healing']['minutes']:g} min, the "
+                     f"whole model but the embeddings)",
+                     f"test perplexity {healed['modsearch']:.2f}, {healed['modsearch'] / tt:.2f}\u00d7 the "
+                     f"teacher's (best baseline, {titles[base]}: {healed[base] / tt:.2f}\u00d7)", name))
+    return rows
 
 
 def _deep_search_headline() -> list[tuple[str, str, str]]:
@@ -443,12 +475,14 @@ def _deep_search_headline() -> list[tuple[str, str, str]]:
     d = _load(DEEP_SEARCH)
     med = {k: statistics.median(r["hv"] for r in runs) for k, runs in d["runs"].items()}
     inf = statistics.median(r["infeasible"] for r in d["runs"]["evolve"])
+    ver = (f"; with verified speed-ups evolve {statistics.median(d['verified']['runs']['evolve']):.3f}, the "
+           f"baselines alone {statistics.median(d['verified']['runs']['seeds']):.3f}") if d.get("verified") else ""
     return [(f"SmolLM2-135M bank's search at the study's budget ({d['budget']} plans of 66.5 billion)",
              f"the default sampler (evolve) reaches {med['evolve']:.3f} of the reference front's hypervolume "
              f"({100 * inf:.0f} % of its proposals infeasible); random search after the same baselines "
              f"{med['random+seeds']:.3f}, "
              f"NSGA-II {med['nsga2']:.3f}, the baselines alone {med['seeds']:.3f} (medians of {d['seeds']} seeds, "
-             f"screen fidelity)", DEEP_SEARCH)]
+             f"screen fidelity, profile latency{ver})", DEEP_SEARCH)]
 
 
 def headline_markdown() -> str:
