@@ -139,12 +139,10 @@ class CheapStudy:
 
 def _seeds_code() -> str:
     """The content hash of the baselines' code: cached baselines of an older rule are measured again."""
-    import hashlib
-
     import modsearch.search._seeds as seeds
+    from modsearch._io import sha256_file
 
-    with open(seeds.__file__, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
+    return sha256_file(seeds.__file__)[:16]
 
 
 def run(cheap: CheapStudy, label: str, seed: int, budget: int, seeds: list) -> dict:
@@ -265,11 +263,11 @@ def verified_ratios(cheap: CheapStudy, plans: list[str], rounds: int, group: int
     groups measured minutes apart stay on one scale)."""
     import random
 
-    from modsearch import assemble
     from modsearch.cost import HardwareTarget
-    from modsearch.cost._measure import _runner, pinned_threads, prepare, timed_step
+    from modsearch.cost._measure import pinned_threads
     from modsearch.cost._paired import measure_paired
     from modsearch.search._evaluator import dev_input_lengths
+    from modsearch.search._verify import timing_steps
 
     target = HardwareTarget.resolve(cheap.cfg.target)
     if target.input_length == "dev":
@@ -279,10 +277,7 @@ def verified_ratios(cheap: CheapStudy, plans: list[str], rounds: int, group: int
     todo = [p for p in plans if p != teacher]
     for g in range(0, len(todo), group):
         chunk = [teacher, *todo[g:g + group]]
-        steps = []
-        for p in chunk:
-            model, inputs = prepare(assemble(cheap.bank, cheap.bank.plan(p)), target, 0)
-            steps.append(timed_step(_runner(model, inputs, target), target.device))
+        steps = timing_steps(cheap.bank, chunk, target)
         with pinned_threads(target.n_threads):
             res = measure_paired(steps, target.protocol, rounds=rounds, rng=random.Random(g))
         for p, r in zip(chunk[1:], res["ratios"][1:]):

@@ -35,6 +35,19 @@ from .._errors import UserError
 __all__ = ["check_rounds", "dominated_beyond_noise", "verify_study", "verification_of"]
 
 
+def timing_steps(bank, plans, target, seed: int = 0) -> list:
+    """One timed step per plan (its model assembled and prepared for ``target``), for
+    :func:`~modsearch.cost._paired.measure_paired`."""
+    from ..assembly import assemble
+    from ..cost._measure import _runner, prepare, timed_step
+
+    steps = []
+    for p in plans:
+        model, inputs = prepare(assemble(bank, bank.plan(p)), target, seed)
+        steps.append(timed_step(_runner(model, inputs, target), target.device))
+    return steps
+
+
 def verification_of(study) -> dict | None:
     """The study's verification record, or None."""
     return study.user_attrs.get("verification")
@@ -48,9 +61,8 @@ def verify_study(cfg, *, rounds: int | None = None, study=None, storage=None, pr
     the protocol's ``verify_seconds`` have passed (then a warning says which goal was missed)."""
     import optuna
 
-    from ..assembly import assemble
     from ..bank._bank import LayerBank
-    from ..cost._measure import _runner, percentile, pinned_threads, prepare, timed_step
+    from ..cost._measure import percentile, pinned_threads
     from ..cost._paired import measure_paired, speedup_of
     from ..cost._target import HardwareTarget, fingerprint
     from ._figures import front, study_trials
@@ -94,10 +106,7 @@ def verify_study(cfg, *, rounds: int | None = None, study=None, storage=None, pr
         f"interleaved in shuffled rounds" + (f" ({rounds} rounds)" if rounds else
                                               f" (until ±{target.protocol.interval:.0%} or "
                                               f"{target.protocol.verify_seconds:g} s)"))
-    steps = []
-    for p in [teacher, *plans]:
-        model, inputs = prepare(assemble(bank, bank.plan(p)), target, seed)
-        steps.append(timed_step(_runner(model, inputs, target), target.device))
+    steps = timing_steps(bank, [teacher, *plans], target, seed)
     bar = None
     if progress:
         from tqdm.auto import tqdm
