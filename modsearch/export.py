@@ -18,7 +18,7 @@ from ._errors import UserError
 from ._io import atomic_dir, shareable_name, write_json, write_text
 from ._version import __version__
 from .assembly import assemble
-from .bank._bank import LayerBank
+from .bank._bank import LayerBank, tokenizer_loader
 from .bank._storage import licence_files
 from .plan._plan import AssemblyPlan
 
@@ -58,7 +58,9 @@ def export_model(bank: LayerBank, plan: str | AssemblyPlan, out: str, overwrite:
         for name in licence_files(bank.base_dir):  # the base model's terms travel with every derivative
             shutil.copyfile(os.path.join(bank.base_dir, name), os.path.join(tmp, name))
         write_json(os.path.join(tmp, "assembly.json"), spec)
-        write_text(os.path.join(tmp, "README.md"), model_card(bank, plan, spec, generate_note))
+        # the class that reads the written tokenizer as it is (AutoTokenizer may rebuild it otherwise)
+        loader = tokenizer_loader(tmp) if bank.has_tokenizer() else "AutoTokenizer"
+        write_text(os.path.join(tmp, "README.md"), model_card(bank, plan, spec, generate_note, loader))
     return out
 
 
@@ -72,7 +74,8 @@ def _generation_note(bank: LayerBank, plan: AssemblyPlan) -> str:
     return ""
 
 
-def model_card(bank: LayerBank, plan: AssemblyPlan, spec: dict, generate_note: str = "") -> str:
+def model_card(bank: LayerBank, plan: AssemblyPlan, spec: dict, generate_note: str = "",
+               tokenizer_class: str = "AutoTokenizer") -> str:
     arch = bank.manifest["architecture"]
     auto = "AutoModelForSeq2SeqLM" if bank.kind == "seq2seq" else "AutoModelForCausalLM"
     depths = ", ".join(f"{k} {v}" for k, v in spec["depths"].items())
@@ -110,9 +113,9 @@ does not need modsearch.
 ## How to load
 
 ```python
-from transformers import AutoTokenizer, {auto}
+from transformers import {tokenizer_class}, {auto}
 
-tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory")
+tokenizer = {tokenizer_class}.from_pretrained("path/to/this/directory")
 model = {auto}.from_pretrained("path/to/this/directory")
 inputs = tokenizer(["..."], return_tensors="pt")
 print(tokenizer.batch_decode(model.generate(**inputs, max_new_tokens=64), skip_special_tokens=True))

@@ -161,13 +161,11 @@ class LayerBank:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
             self._check_files({os.path.join(self.manifest["base"]["dir"], f): h
                                for f, h in self.manifest["base"]["files"].items()
                                if f.startswith(("tokenizer", "special_tokens", "vocab", "merges", "spiece"))}, "tokenizer")
             try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self.base_dir)
+                self._tokenizer = load_tokenizer(self.base_dir)
             except Exception as exc:
                 raise UserError(f"bank {self.path}: no usable tokenizer in {self.base_dir} ({exc})") from None
         return self._tokenizer
@@ -492,8 +490,46 @@ def _auto_class(kind: str):
     return AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
 
 
+#: Text that exercises what a tokenizer class may rebuild differently from its tokenizer.json: spaces and word
+#: boundaries, digits, punctuation, accents, tabs and newlines.
+_TOKENIZER_PROBE = "The quick brown fox, 2023 jumps.\n  Le café — élève!\t650841823 x != y"
+
+
+def tokenizer_loader(directory: str, trust_remote_code: bool = False) -> str:
+    """``"AutoTokenizer"``, or ``"PreTrainedTokenizerFast"`` where AutoTokenizer does not tokenize as the
+    directory's own ``tokenizer.json`` does.
+
+    transformers 5's AutoTokenizer builds the class its ``model_type`` maps to, and that class may rebuild the
+    tokenizer from the vocabulary with its own normaliser and pre-tokeniser, ignoring ``tokenizer.json``
+    (huggingface/transformers#45920, #48206: OLMo-2, Granite, DeepSeek). Silently: a tiny Qwen2 with a
+    word-level tokenizer came back as a byte-level BPE that maps most words to one id, so ``bank train``'s task
+    loss taught the modules that text and their distance to the teacher grew. Where the two disagree on a probe
+    text the file is the tokenizer the model was trained with, so it is loaded verbatim."""
+    return _read_tokenizer(directory, trust_remote_code)[1]
+
+
+def load_tokenizer(model: str, trust_remote_code: bool = False):
+    """A model's tokenizer as its files define it (:func:`tokenizer_loader` says which class reads them)."""
+    return _read_tokenizer(model, trust_remote_code)[0]
+
+
+def _read_tokenizer(model: str, trust_remote_code: bool):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    auto = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+    path = os.path.join(model, "tokenizer.json")
+    if not os.path.isfile(path):
+        return auto, "AutoTokenizer"
+    from tokenizers import Tokenizer
+
+    own = Tokenizer.from_file(path).encode(_TOKENIZER_PROBE, add_special_tokens=False).ids
+    if auto.encode(_TOKENIZER_PROBE, add_special_tokens=False) == own:
+        return auto, "AutoTokenizer"
+    return PreTrainedTokenizerFast.from_pretrained(model), "PreTrainedTokenizerFast"
+
+
 def _load_source_model(model: str, trust_remote_code: bool):
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     local = os.path.isdir(model)
     if not local and (os.sep in model and os.path.exists(os.path.dirname(model)) or model.startswith((".", "/"))):
@@ -513,7 +549,7 @@ def _load_source_model(model: str, trust_remote_code: bool):
     hf_model.eval()
     tokenizer = None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     except Exception:
         tokenizer = None  # a bank without a tokenizer can still be assembled; scoring text needs one
     return hf_model, tokenizer
