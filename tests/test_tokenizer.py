@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 
 import tiny
 from modsearch import LayerBank, assemble, export_model
-from modsearch.bank._bank import load_tokenizer, tokenizer_loader
+from modsearch.bank._tokenizer import load_tokenizer, tokenizer_loader
 from modsearch.train import TrainConfig, train_bank
 
 TEXT = " ".join(tiny.WORDS)
