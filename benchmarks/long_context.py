@@ -69,6 +69,12 @@ def long_pieces(src: str, dst: str, chars: int) -> int:
     return sum(len(p) >= chars for p in pieces)
 
 
+def one_module(depth: int, span: str) -> str:
+    """The plan that keeps every layer but ``span`` (``"i-j"``), which its module replaces."""
+    i, j = map(int, span.split("-"))
+    return ",".join([*map(str, range(i)), span, *map(str, range(j + 1, depth))])
+
+
 def books(src: str, dst: str) -> int:
     """Each book's chapters as one document."""
     return long_pieces(src, dst, 0)
@@ -144,9 +150,7 @@ def main(argv=None) -> int:
                 bank = LayerBank.load(path)
                 devset = task.load_devset(test)
                 plans = ([("teacher", teacher)] if rule == "full" else []) + [
-                    (span, ",".join(span if k == int(span.split("-")[0]) else str(k)
-                                    for k in range(depth) if not int(span.split("-")[0]) < k <= int(span.split("-")[1])))
-                    for span in SPANS]
+                    (span, one_module(depth, span)) for span in SPANS]
                 for name, plan in plans:
                     t = time.perf_counter()
                     r = score_plan(bank, bank.plan(plan), devset, task)

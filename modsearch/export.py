@@ -19,8 +19,8 @@ from ._io import atomic_dir, shareable_name, write_json, write_text
 from ._version import __version__
 from .assembly import assemble
 from .bank._bank import LayerBank
-from .bank._tokenizer import tokenizer_loader
 from .bank._storage import licence_files
+from .bank._tokenizer import tokenizer_loader
 from .plan._plan import AssemblyPlan
 
 
