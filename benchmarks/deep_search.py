@@ -41,7 +41,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tabular_search import TRIAL_FACTOR, _reference, _variant  # noqa: E402
 
 #: label -> (sampler, settings, seeded with the baselines)
-STRATEGIES = {"evolve": ("evolve", {}, True), "evolve-plain": ("evolve", {"predict_constraints": False}, True),
+STRATEGIES = {"evolve": ("evolve", {}, True), "evolve-local": ("evolve", {"acquisition": "hvi-local"}, True),
+              "evolve-edits": ("evolve", {"acquisition": "random"}, True),
+              "evolve-plain": ("evolve", {"predict_constraints": False, "acquisition": "random"}, True),
               "nsga2": ("nsga2", {}, True), "tpe": ("tpe", {}, True), "random+seeds": ("random", {}, True),
               "seeds": (None, {}, True)}
 _COSTS = ("params", "params_ratio", "flops", "flops_ratio")

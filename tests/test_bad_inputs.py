@@ -169,6 +169,9 @@ CASES = {
     "study sampler switch that is not a boolean": (lambda c: ["search", c.study({'name = "nsga2"': 'name = "evolve"\n'
                                                                             'predict_constraints = "yes"'}),
                                                               "--quiet"], "sampler.predict_constraints must be"),
+    "study sampler acquisition it does not know": (lambda c: ["search", c.study({'name = "nsga2"': 'name = "evolve"\n'
+                                                                             'acquisition = "ucb"'}), "--quiet"],
+                                                   "sampler.acquisition must be one of 'hvi', 'hvi-local', 'random'"),
     "study screen with an unknown fidelity option": (lambda c: ["search", c.study(
         extra='[screen]\nwindows = 2\nfidelity = "bleu"'), "--quiet"], "unknown key 'screen.fidelity'"),
     "study screen that cannot rank (no window)": (lambda c: ["search", c.study(extra="[screen]\nwindows = 0"),

@@ -86,9 +86,10 @@ COST_OBJECTIVES = ("latency_ms", "profile_latency_ms", "flops", "params")
 #: Every metric a trial records, usable in constraints (the task's metric names are usable too).
 METRICS = ("quality", "params", "params_ratio", "flops", "flops_ratio", "latency_ms", "latency_p90_ms",
            "latency_ratio", "profile_latency_ms", "speedup")
-#: Sampler name -> the settings it accepts, with their types.
-SAMPLERS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "evolve": {"crossover_prob": float, "random_prob": float, "predict_constraints": bool},
+#: Sampler name -> the settings it accepts, with their types (a tuple: the strings it may be).
+SAMPLERS: dict[str, dict[str, type | tuple[str, ...]]] = {
+    "evolve": {"crossover_prob": float, "random_prob": float, "predict_constraints": bool,
+               "acquisition": ("hvi", "hvi-local", "random")},
     "nsga2": {"population_size": int, "mutation_prob": float, "crossover_prob": float, "swapping_prob": float},
     "nsga3": {"population_size": int, "mutation_prob": float, "crossover_prob": float, "swapping_prob": float},
     "tpe": {"n_startup_trials": int, "n_ei_candidates": int, "multivariate": bool, "constant_liar": bool},
@@ -498,6 +499,10 @@ def _sampler_settings(name: str, raw: dict, where: str) -> dict:
             known = ", ".join(sorted(allowed)) or "none"
             raise UserError(f"{where}: sampler.{k} is not a setting of sampler {name!r} (its settings: {known})")
         typ = allowed[k]
+        if isinstance(typ, tuple):
+            need(v in typ, where, f"sampler.{k}", f"one of {', '.join(map(repr, typ))}", v)
+            out[k] = v
+            continue
         ok = isinstance(v, bool) if typ is bool else (is_num(v) if typ is float else is_int(v))
         need(ok and (typ is bool or v >= 0), where, f"sampler.{k}",
               {bool: "true or false", float: "a number >= 0", int: "an integer >= 0"}[typ], v)

@@ -5,7 +5,10 @@ front member resembles (a random gene turned into a drop, a module moved half-wa
 Gemma-3-270M study all 24 of its proposals broke the constraint. This sampler proposes, after the enqueued
 seeds, plans one block edit away from a plan on the current *feasible* front (:func:`modsearch.plan.neighbours`:
 drop or keep a layer, merge blocks into a module, split, shift), a share of one-point crossovers between two
-front members on block boundaries, and a small share of uniformly random plans. Parents come from feasible
+front members on block boundaries, and a small share of uniformly random plans. By default (``acquisition="hvi"``)
+the edit is the candidate predicted to add the most hypervolume, the candidates being every edit of the first two
+ranks and the front that a model of the objectives (:class:`~modsearch.search._surrogate.ObjectiveModel`,
+additive in the blocks) predicts over the whole space, found by dynamic programming. Parents come from feasible
 trials only (from the least violating ones while none is feasible); a parent whose every neighbour is known
 passes its turn to the next one, then to the next non-dominated rank. It never proposes a plan any trial of the
 study holds (finished, running, queued, screened or failed), while the space has others.
@@ -21,21 +24,28 @@ same study history gives the same proposal, in any process.
 
 from __future__ import annotations
 
+import math
 import random
 
 from optuna.distributions import CategoricalDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import TrialState
 
+from .._errors import UserError
 from ..plan._edits import crossovers, neighbours
 from ..plan._plan import AssemblyPlan
-from ._pareto import pareto_front
-from ._surrogate import ESTIMATES_ATTR, ConstraintModel
+from ._config import SAMPLERS
+from ._pareto import hypervolume, pareto_front
+from ._surrogate import ESTIMATES_ATTR, ConstraintModel, ObjectiveModel
 
 __all__ = ["PlanEvolutionSampler"]
 
 #: The user attribute where the sampler records what it did: ``{"move": ..., "parents": [plans]}``.
 PROPOSAL_ATTR = "proposal"
+#: How an edit is chosen: ``hvi``, the plan predicted to add the most hypervolume among the one-block edits of the
+#: front and the model's own front over the whole space; ``hvi-local``, among the edits alone; ``random``, a
+#: random edit of a parent drawn by a crowding tournament.
+ACQUISITIONS = SAMPLERS["evolve"]["acquisition"]
 
 
 class PlanEvolutionSampler(BaseSampler):
@@ -49,15 +59,19 @@ class PlanEvolutionSampler(BaseSampler):
     """
 
     def __init__(self, genome, *, seed: int | None = None, crossover_prob: float = 0.2, random_prob: float = 0.05,
-                 predict_constraints: bool = True):
+                 predict_constraints: bool = True, acquisition: str = "hvi"):
+        if acquisition not in ACQUISITIONS:
+            raise UserError(f"sampler evolve: unknown acquisition {acquisition!r}: use {' or '.join(ACQUISITIONS)}")
         self.genome = genome
         self.predict_constraints = predict_constraints
+        self.acquisition = acquisition
         self.space = genome.space
         self.seed = 0 if seed is None else seed
         self.crossover_prob = crossover_prob
         self.random_prob = random_prob
         self._independent = RandomSampler(seed=seed)
         self._plans: dict[int, str] = {}  # trial id -> plan, for trials whose plan can no longer change
+        self._predicted: tuple[str, list[float]] | None = None  # the last acquisition's plan and prediction
 
     # -- the Optuna protocol ------------------------------------------------------------------------------
     def infer_relative_search_space(self, study, trial) -> dict:
@@ -67,8 +81,10 @@ class PlanEvolutionSampler(BaseSampler):
         if not search_space or trial.system_attrs.get("fixed_params"):
             return {}  # an enqueued seed: its genes are given
         plan, move, parents = self.propose(study, trial.number)
-        study._storage.set_trial_user_attr(trial._trial_id, PROPOSAL_ATTR,
-                                           {"move": move, "parents": [str(p) for p in parents]})
+        record = {"move": move, "parents": [str(p) for p in parents]}
+        if self._predicted is not None and self._predicted[0] == str(plan):
+            record["predicted"] = self._predicted[1]  # chosen by the hypervolume it was predicted to add
+        study._storage.set_trial_user_attr(trial._trial_id, PROPOSAL_ATTR, record)
         params = self.genome.to_params(plan)
         return {name: params.get(name, "L") for name in search_space}
 
@@ -107,7 +123,7 @@ class PlanEvolutionSampler(BaseSampler):
             return excess(child, parent) <= 0
 
         u = rng.random()
-        fallback = None
+        fallback, self._predicted = None, None
         if done and u < self.random_prob and model is not None:
             plan = self._random(rng, known, ok, strict=True)
             if plan is not None:
@@ -123,6 +139,10 @@ class PlanEvolutionSampler(BaseSampler):
                                 if str(c) not in known and ok(c, _nearer(c, pa, pb))]
                     if children:
                         return rng.choice(children), "crossover", [pa, pb]
+            if self.acquisition != "random":
+                best = self._most_improving(done, ranks, known, excess, study.directions, rng)
+                if best is not None:
+                    return best
             for rank in ranks:
                 members = list(rank)
                 rng.shuffle(members)
@@ -154,6 +174,56 @@ class PlanEvolutionSampler(BaseSampler):
                 _, child, kind, parent = fallback
                 return child, kind, [parent]
         return self._random(rng, known, ok), "random", []
+
+    def _most_improving(self, done, ranks, known, excess, directions, rng):
+        """The new plan, predicted feasible, whose predicted objectives
+        (:class:`~modsearch.search._surrogate.ObjectiveModel`) add the most hypervolume to the feasible front,
+        among the one-block edits of the first two feasible ranks and (``hvi``) the model's own front over the
+        whole space; ties drawn at random. The reference point is the worst of the measured front and of those
+        candidates plus a tenth of their range, so it reaches as far as the constraints are predicted to allow
+        (the measured plans alone would put every plan beyond the most compressed one at zero gain).
+        ``(child, move, [parent])``, or None when no candidate is predicted to add any."""
+        feasible = [t for t in done if _feasible(t)]
+        model = ObjectiveModel.fit([(self._plan_of(t), list(t.values)) for t in done])
+        if model is None or not feasible:
+            return None
+        sign = [-1.0 if d.name == "MAXIMIZE" else 1.0 for d in directions]
+        pts = [[s * v for s, v in zip(sign, t.values)] for t in feasible]
+        front = [pts[i] for i in pareto_front(pts)]
+        parents = [AssemblyPlan.parse(self._plan_of(t)) for rank in ranks.first(2) for t in rank[:64]]
+        candidates = [(child, kind, parent) for parent in parents for child, kind in neighbours(parent, self.space)]
+        if self.acquisition == "hvi":
+            # The model's own front over the whole space: the combinations no single edit of the front reaches.
+            candidates += [(c, "model-front", _nearest(c, parents)) for c in model.front(self.space, sign)]
+        scored, seen = [], set()
+        for child, kind, parent in candidates:
+            key = str(child)
+            if key in known or key in seen or excess(child, parent) > 0:
+                continue
+            seen.add(key)
+            loss = [s * v for s, v in zip(sign, model.predict(child, parent))]
+            if all(math.isfinite(x) for x in loss):
+                scored.append((child, kind, parent, loss))
+        if not scored:
+            return None
+        cols = list(zip(*front, *(c[3] for c in scored)))
+        ref = [max(c) + 0.1 * (max(c) - min(c)) + 1e-9 * (1.0 + abs(max(c))) for c in cols]
+        base = hypervolume(front, ref)
+        best, best_gain, ties = None, 0.0, 0
+        for child, kind, parent, loss in scored:
+            if any(all(f <= x for f, x in zip(p, loss)) for p in front):
+                continue  # predicted dominated: adds nothing
+            gain = hypervolume(front + [loss], ref) - base
+            if gain > best_gain * (1 + 1e-12):
+                best, best_gain, ties = (child, kind, [parent], loss), gain, 1
+            elif best is not None and gain >= best_gain * (1 - 1e-12):
+                ties += 1  # reservoir sampling over equal gains: each tie alike
+                if rng.randrange(ties) == 0:
+                    best = (child, kind, [parent], loss)
+        if best is None:
+            return None
+        self._predicted = (str(best[0]), [s * x for s, x in zip(sign, best[3])])
+        return best[:3]
 
     def _model(self, trials) -> ConstraintModel | None:
         """The constraint model of the measured trials (screened ones with their estimates), or None while no
@@ -193,9 +263,15 @@ class PlanEvolutionSampler(BaseSampler):
 
 def _nearer(child: AssemblyPlan, a: AssemblyPlan, b: AssemblyPlan) -> AssemblyPlan:
     """The parent that shares more blocks with ``child`` (a crossover child is predicted from it)."""
+    return _nearest(child, [a, b])
+
+
+def _nearest(child: AssemblyPlan, plans: list[AssemblyPlan]) -> AssemblyPlan:
+    """The plan of ``plans`` (the first of equals) that shares the most blocks with ``child``: the measured plan
+    a far child is predicted from."""
     blocks = {(s, x) for s, st in enumerate(child.stacks) for x in st}
-    share = [len(blocks & {(s, x) for s, st in enumerate(p.stacks) for x in st}) for p in (a, b)]
-    return a if share[0] >= share[1] else b
+    share = [len(blocks & {(s, x) for s, st in enumerate(p.stacks) for x in st}) for p in plans]
+    return plans[share.index(max(share))]
 
 
 def _feasible(t) -> bool:

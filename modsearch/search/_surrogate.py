@@ -34,9 +34,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..plan._plan import LAYER, MODULE, AssemblyPlan
+from ..plan._plan import DROP, LAYER, MODULE, AssemblyPlan
 
-__all__ = ["ConstraintModel"]
+__all__ = ["ConstraintModel", "ObjectiveModel"]
 
 #: The user attribute where a screened trial keeps its estimated violations, ``{constraint: violation}``.
 ESTIMATES_ATTR = "constraint_estimates"
@@ -49,17 +49,23 @@ def _features(plan: str) -> tuple[tuple[tuple, float], ...]:
     kind it has (drops; modules of each length), which carries what such blocks cost on average to the ones
     never measured; and how many layers its modules stand in for beyond one each, which carries what modules
     cost per layer to lengths never measured."""
-    p = AssemblyPlan.parse(plan)
     out: dict[tuple, float] = {}
-    for s, blocks in enumerate(p.stacks):
+    for s, blocks in enumerate(AssemblyPlan.parse(plan).stacks):
         for b in blocks:
-            if b.kind != LAYER:
-                n = b.end - b.start + 1
-                out[(s, b.start, b.end, b.kind)] = 1.0
-                out[(s, -1, n, b.kind)] = out.get((s, -1, n, b.kind), 0.0) + 1.0  # start -1: the kind
-                if b.kind == MODULE:
-                    out[(s, -2, 0, "merged")] = out.get((s, -2, 0, "merged"), 0.0) + n - 1
+            for f, x in _block_features(s, b):
+                out[f] = out.get(f, 0.0) + x
     return tuple(sorted(out.items()))
+
+
+def _block_features(s: int, b) -> list[tuple[tuple, float]]:
+    """One block's share of a plan's features (none for an original layer): the features are sums of these."""
+    if b.kind == LAYER:
+        return []
+    n = b.end - b.start + 1
+    out = [((s, b.start, b.end, b.kind), 1.0), ((s, -1, n, b.kind), 1.0)]  # start -1: the kind
+    if b.kind == MODULE:
+        out.append(((s, -2, 0, "merged"), float(n - 1)))
+    return out
 
 
 def _dot(weights: dict, feats) -> float:
@@ -105,6 +111,84 @@ class ConstraintModel:
 
     def feasible(self, plan, parent=None) -> bool:
         return all(v <= 0 for v in self.violations(plan, parent).values())
+
+
+class ObjectiveModel:
+    """Predicted objective values of unmeasured plans, each objective modelled as a constraint's violation is
+    (additive in the plan's non-layer blocks, its logarithm where the leave-one-out error says so, a child
+    predicted from its measured parent plus the edit): what the sampler ranks its candidate edits by.
+
+    >>> m = ObjectiveModel.fit([("0,1,2", [10.0, 3.0]), ("0-1,2", [12.0, 2.0]), ("0,1-2", [11.0, 2.0]),
+    ...     ("0,x1,2", [20.0, 2.0])])
+    >>> m.predict("0,x1,x2", parent="0,x1,2")[0] > 20.0    # a second drop costs what drops cost
+    True
+    """
+
+    def __init__(self, fits: list[_Fit]):
+        self.fits = fits
+
+    @classmethod
+    def fit(cls, points: list[tuple[str, list[float]]]) -> ObjectiveModel | None:
+        """``points``: (plan, objective values) of the measured plans; None with fewer than 3 finite ones."""
+        rows = [(str(p), [float(x) for x in v]) for p, v in points if all(math.isfinite(x) for x in v)]
+        if len(rows) < 3:
+            return None
+        return cls([_fit_one([(p, v[k], [v[k]]) for p, v in rows]) for k in range(len(rows[0][1]))])
+
+    def predict(self, plan, parent=None) -> list[float]:
+        """Each objective's predicted value for ``plan``, from ``parent`` if it was measured."""
+        return [f.predict(str(plan), None if parent is None else str(parent)) for f in self.fits]
+
+    def front(self, space, sign: list[float], cap: int = 256) -> list[AssemblyPlan]:
+        """The plans of ``space`` the model predicts non-dominated (``sign``: 1 where an objective is minimised,
+        -1 where maximised). Every objective is a monotone function of a sum over the plan's blocks, so a
+        dynamic programme over each stack's positions (the best tails from each layer on) finds them exactly
+        while each position keeps at most ``cap`` tails; beyond that, ``cap`` spread along the first objective."""
+        def term(s, b):
+            feats = _block_features(s, b)
+            return tuple(sg * _dot(f.weights, feats) for sg, f in zip(sign, self.fits))
+
+        per_stack = []
+        for s, depth in enumerate(space.depths):
+            # tails[p][kept]: (losses, blocks) of the non-dominated tilings of layers p.. (kept: any block kept)
+            tails: list[dict[bool, list]] = [{} for _ in range(depth + 1)]
+            tails[depth] = {False: [((0.0,) * len(sign), ())]}
+            for p in range(depth - 1, -1, -1):
+                groups: dict[bool, list] = {}
+                for b in space._choices(s, p):
+                    if b.end >= depth:
+                        continue
+                    t = term(s, b)
+                    for kept, rest in tails[b.end + 1].items():
+                        k = kept or b.kind != DROP
+                        groups.setdefault(k, []).extend((tuple(x + y for x, y in zip(t, v)), (b, *bl))
+                                                        for v, bl in rest)
+                tails[p] = {k: _thin(v, cap) for k, v in groups.items()}
+            per_stack.append(tails[0].get(True, []))
+        combos = [((0.0,) * len(sign), ())]
+        for stack in per_stack:
+            combos = _thin([(tuple(x + y for x, y in zip(v, w)), (*st, bl)) for v, st in combos for w, bl in stack],
+                           cap)
+        return [AssemblyPlan(stacks) for _, stacks in combos]
+
+
+def _thin(points: list, cap: int) -> list:
+    """The non-dominated ``(losses, payload)`` of ``points`` (one of equal losses), at most ``cap`` of them,
+    spread evenly along the first loss."""
+    if not points:
+        return []
+    v = np.unique(np.array([x for x, _ in points], dtype=float), axis=0, return_index=True)[1]
+    pts = [points[i] for i in sorted(v)]
+    a = np.array([x for x, _ in pts], dtype=float)
+    # i is dominated when some j is no worse everywhere and better somewhere (an n x n x d comparison: the
+    # tails of one position number a few thousand at most)
+    le, lt = a[None, :, :] <= a[:, None, :], a[None, :, :] < a[:, None, :]
+    dominated = (le.all(axis=2) & lt.any(axis=2)).any(axis=1)
+    front = [p for p, d in zip(pts, dominated) if not d]
+    if len(front) <= cap:
+        return front
+    front.sort(key=lambda x: x[0])
+    return [front[round(i * (len(front) - 1) / (cap - 1))] for i in range(cap)]
 
 
 def _link(rows) -> tuple[float, float] | None:
