@@ -270,7 +270,7 @@ def test_predicting_the_constraints_cuts_infeasible_proposals():
 def _hv_of(study) -> float:
     from modsearch.search import hypervolume
 
-    pts = [[v / 10.0 for v in (t.values[0],)] + [t.values[1] / 30.0] for t in study.trials
+    pts = [[t.values[0] / 10.0, t.values[1] / 30.0] for t in study.trials
            if t.values is not None and all(v <= 0 for v in t.constraints.values())]
     return hypervolume(pts, [4.4, 1.1])  # quality up to 44 (the bound 40 plus a tenth), depth up to 33 layers
 

@@ -71,7 +71,6 @@ class PlanEvolutionSampler(BaseSampler):
         self.random_prob = random_prob
         self._independent = RandomSampler(seed=seed)
         self._plans: dict[int, str] = {}  # trial id -> plan, for trials whose plan can no longer change
-        self._predicted: tuple[str, list[float]] | None = None  # the last acquisition's plan and prediction
 
     # -- the Optuna protocol ------------------------------------------------------------------------------
     def infer_relative_search_space(self, study, trial) -> dict:
@@ -80,10 +79,10 @@ class PlanEvolutionSampler(BaseSampler):
     def sample_relative(self, study, trial, search_space) -> dict:
         if not search_space or trial.system_attrs.get("fixed_params"):
             return {}  # an enqueued seed: its genes are given
-        plan, move, parents = self.propose(study, trial.number)
+        plan, move, parents, predicted = self.propose(study, trial.number)
         record = {"move": move, "parents": [str(p) for p in parents]}
-        if self._predicted is not None and self._predicted[0] == str(plan):
-            record["predicted"] = self._predicted[1]  # chosen by the hypervolume it was predicted to add
+        if predicted is not None:
+            record["predicted"] = predicted  # chosen by the hypervolume it was predicted to add
         study._storage.set_trial_user_attr(trial._trial_id, PROPOSAL_ATTR, record)
         params = self.genome.to_params(plan)
         return {name: params.get(name, "L") for name in search_space}
@@ -105,9 +104,10 @@ class PlanEvolutionSampler(BaseSampler):
             self._plans[t._trial_id] = plan
         return plan
 
-    def propose(self, study, number: int) -> tuple[AssemblyPlan, str, list[AssemblyPlan]]:
-        """The plan for trial ``number``, the move that made it (``random``, ``crossover`` or an edit of
-        :data:`modsearch.plan.EDITS`) and its parents."""
+    def propose(self, study, number: int) -> tuple[AssemblyPlan, str, list[AssemblyPlan], list[float] | None]:
+        """The plan for trial ``number``, the move that made it (``random``, ``crossover``, ``model-front`` or
+        an edit of :data:`modsearch.plan.EDITS`), its parents and, when the acquisition chose it by predicted
+        hypervolume, its predicted objectives (else None)."""
         rng = random.Random(f"{self.seed}:{number}")
         trials = [t for t in study.get_trials(deepcopy=False) if t.number != number]
         known = {p for t in trials if (p := self._plan_of(t)) is not None}
@@ -123,11 +123,11 @@ class PlanEvolutionSampler(BaseSampler):
             return excess(child, parent) <= 0
 
         u = rng.random()
-        fallback, self._predicted = None, None
+        fallback = None
         if done and u < self.random_prob and model is not None:
             plan = self._random(rng, known, ok, strict=True)
             if plan is not None:
-                return plan, "random", []
+                return plan, "random", [], None
             u = self.random_prob  # no random plan predicted feasible: an edit instead
         if done and u >= self.random_prob:
             if u < self.random_prob + self.crossover_prob:
@@ -138,7 +138,7 @@ class PlanEvolutionSampler(BaseSampler):
                     children = [c for c in crossovers(pa, pb) + crossovers(pb, pa)
                                 if str(c) not in known and ok(c, _nearer(c, pa, pb))]
                     if children:
-                        return rng.choice(children), "crossover", [pa, pb]
+                        return rng.choice(children), "crossover", [pa, pb], None
             if self.acquisition != "random":
                 best = self._most_improving(done, ranks, known, excess, study.directions, rng)
                 if best is not None:
@@ -166,14 +166,14 @@ class PlanEvolutionSampler(BaseSampler):
                                 fallback = (e, child, kind, parent)
                     if options:
                         kind = rng.choice(sorted(options))  # each kind of edit alike, then a child of it
-                        return rng.choice(options[kind]), kind, [parent]
+                        return rng.choice(options[kind]), kind, [parent], None
             if fallback is not None and model is not None:
                 # Every unknown edit of every ranked plan is predicted infeasible: the one predicted to break the
                 # constraints least, so the model learns where it was wrong rather than the search leaving the
                 # front for a random plan.
                 _, child, kind, parent = fallback
-                return child, kind, [parent]
-        return self._random(rng, known, ok), "random", []
+                return child, kind, [parent], None
+        return self._random(rng, known, ok), "random", [], None
 
     def _most_improving(self, done, ranks, known, excess, directions, rng):
         """The new plan, predicted feasible, whose predicted objectives
@@ -182,7 +182,7 @@ class PlanEvolutionSampler(BaseSampler):
         whole space; ties drawn at random. The reference point is the worst of the measured front and of those
         candidates plus a tenth of their range, so it reaches as far as the constraints are predicted to allow
         (the measured plans alone would put every plan beyond the most compressed one at zero gain).
-        ``(child, move, [parent])``, or None when no candidate is predicted to add any."""
+        ``(child, move, [parent], predicted objectives)``, or None when no candidate is predicted to add any."""
         feasible = [t for t in done if _feasible(t)]
         model = ObjectiveModel.fit([(self._plan_of(t), list(t.values)) for t in done])
         if model is None or not feasible:
@@ -222,8 +222,8 @@ class PlanEvolutionSampler(BaseSampler):
                     best = (child, kind, [parent], loss)
         if best is None:
             return None
-        self._predicted = (str(best[0]), [s * x for s, x in zip(sign, best[3])])
-        return best[:3]
+        child, kind, parents, loss = best
+        return child, kind, parents, [s * x for s, x in zip(sign, loss)]
 
     def _model(self, trials) -> ConstraintModel | None:
         """The constraint model of the measured trials (screened ones with their estimates), or None while no

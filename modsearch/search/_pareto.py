@@ -31,9 +31,11 @@ def pareto_front(losses: Sequence[Sequence[float]]) -> list[int]:
                 front.append(i)
                 best = losses[i][1]
         return sorted(front)
-    for i in order:
-        p = losses[i]
-        if not any(all(x <= y for x, y in zip(losses[f], p)) for f in front):
+    import numpy as np
+
+    a = np.asarray(losses, dtype=float)
+    for i in order:  # each point against the front so far at once: the whole-space fronts hold thousands
+        if not front or not (a[front] <= a[i]).all(axis=1).any():
             front.append(i)
     return sorted(front)
 

@@ -35,6 +35,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..plan._plan import DROP, LAYER, MODULE, AssemblyPlan
+from ._pareto import pareto_front
 
 __all__ = ["ConstraintModel", "ObjectiveModel"]
 
@@ -175,16 +176,7 @@ class ObjectiveModel:
 def _thin(points: list, cap: int) -> list:
     """The non-dominated ``(losses, payload)`` of ``points`` (one of equal losses), at most ``cap`` of them,
     spread evenly along the first loss."""
-    if not points:
-        return []
-    v = np.unique(np.array([x for x, _ in points], dtype=float), axis=0, return_index=True)[1]
-    pts = [points[i] for i in sorted(v)]
-    a = np.array([x for x, _ in pts], dtype=float)
-    # i is dominated when some j is no worse everywhere and better somewhere (an n x n x d comparison: the
-    # tails of one position number a few thousand at most)
-    le, lt = a[None, :, :] <= a[:, None, :], a[None, :, :] < a[:, None, :]
-    dominated = (le.all(axis=2) & lt.any(axis=2)).any(axis=1)
-    front = [p for p, d in zip(pts, dominated) if not d]
+    front = [points[i] for i in pareto_front([x for x, _ in points])]
     if len(front) <= cap:
         return front
     front.sort(key=lambda x: x[0])
