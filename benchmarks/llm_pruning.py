@@ -14,9 +14,11 @@ For each share of the layers removed (``--fractions``, default 1/6, 1/4, 1/3 and
 - **study best**: the plan of the finished study with the best *dev* perplexity among those removing at least
   that many layers (chosen on dev, reported on test).
 
-Calibration is the study's whole dev file: Block Influence, LLM-Streamline and ReplaceMe use every dev
-document (up to ``--calib-tokens`` tokens each); SLEB and the greedy path score each candidate on
-``--sleb-texts`` documents of ``--sleb-tokens`` tokens (SLEB's cost grows with depth x removals x that). Every
+Calibration is the study's whole dev file, or ``--calib-data`` (``--calib-documents`` of its documents, evenly
+spaced; for more calibration text than the dev split holds, e.g. the bank's training text): Block Influence,
+LLM-Streamline and ReplaceMe use every calibration document (up to ``--calib-tokens`` tokens each); SLEB and the
+greedy path score each candidate on the first ``--sleb-texts`` documents, ``--sleb-tokens`` tokens each (SLEB's
+cost grows with depth x removals x that). Every
 plan is scored on the test text (all chapters unless ``--limit``; windows of the study's context length and
 stride). Then every plan in the table, the study's frontier plans and the teacher are timed on each target
 (``--targets``, default the study's) in interleaved shuffled rounds (modsearch's paired engine) for their
@@ -97,6 +99,10 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=0, help="test chapters scored (default 0: all)")
     p.add_argument("--fractions", type=_fractions, default=None,
                    help="shares of the layers removed, e.g. 1/5,1/3,1/2 (default 1/6,1/4,1/3,1/2)")
+    p.add_argument("--calib-data", help="calibration text (JSONL with the study's text field; default the study's "
+                   "dev file)")
+    p.add_argument("--calib-documents", type=int, default=0,
+                   help="documents taken from the calibration text, evenly spaced (default 0: all)")
     p.add_argument("--calib-tokens", type=int, default=2048,
                    help="tokens per dev document for Block Influence, LLM-Streamline and ReplaceMe (default 2048)")
     p.add_argument("--sleb-texts", type=int, default=8, help="dev documents per SLEB/greedy candidate (default 8)")
@@ -122,6 +128,8 @@ def main() -> int:
         p.error("--heal-steps/--heal-minutes need --heal-data (the training text)")
     if healing and (not rules or any(r not in ("all", "modules") for r in rules)):
         p.error(f"--heal-trainable: give all and/or modules, not {a.heal_trainable!r}")
+    if a.calib_documents < 0:
+        p.error(f"--calib-documents: give a count of documents (0: all), not {a.calib_documents}")
     if a.heal_removed and not all(x.strip().isdigit() for x in a.heal_removed.split(",")):
         p.error(f"--heal-removed: give layer counts (e.g. 10 or 6,10), not {a.heal_removed!r}")
 
@@ -155,16 +163,25 @@ def main() -> int:
         res = None
     fractions = a.fractions or BI_FRACTIONS
     depth = bank.depths[0]
-    calibration = list(task.load_devset(cfg.data_path).sources)  # the whole dev file, not the study's limit
+    calib_path = a.calib_data or cfg.data_path  # the whole dev file by default, not the study's limit
+    try:
+        calibration = list(task.load_devset(calib_path).sources)
+    except UserError as exc:
+        print(f"llm_pruning: error: {exc}", file=sys.stderr)
+        return 2
+    if 0 < a.calib_documents < len(calibration):  # evenly spaced: the text's whole range, not its first book
+        calibration = [calibration[i * len(calibration) // a.calib_documents] for i in range(a.calib_documents)]
     calib_tokens = sum(len(bank.tokenizer(t, truncation=True, max_length=a.calib_tokens)["input_ids"])
                        for t in calibration)
-    say(f"calibration: {len(calibration)} dev documents, {calib_tokens:,} tokens (up to {a.calib_tokens} each); "
+    say(f"calibration: {len(calibration)} documents of {os.path.relpath(calib_path, ROOT)}, {calib_tokens:,} tokens "
+        f"(up to {a.calib_tokens} each); "
         f"SLEB/greedy: {a.sleb_texts} x {a.sleb_tokens} tokens per candidate")
 
     from modsearch._io import sha256_file
 
     progress = _Progress(a.json and a.json + ".part.jsonl", {
         "bank": bank.checksum, "test": sha256_file(a.test), "dev": sha256_file(cfg.data_path), "limit": a.limit,
+        **({"calib": [sha256_file(calib_path), a.calib_documents]} if a.calib_data else {}),
         "fractions": list(fractions), "calib_tokens": a.calib_tokens, "sleb": [a.sleb_texts, a.sleb_tokens],
         "task": task.to_json()})
     if progress.done:
@@ -334,7 +351,8 @@ def main() -> int:
             "study": os.path.relpath(a.study, ROOT), "test": os.path.relpath(a.test, ROOT), "chapters": len(test),
             "command": "python benchmarks/llm_pruning.py " + " ".join(shlex.quote(x) for x in sys.argv[1:]),
             "teacher_test_ppl": tp, "fractions": list(fractions), "depth": depth,
-            "calibration": {"documents": len(calibration), "tokens": calib_tokens, "sleb_texts": a.sleb_texts,
+            "calibration": {"data": os.path.relpath(calib_path, ROOT), "documents": len(calibration),
+                            "tokens": calib_tokens, "sleb_texts": a.sleb_texts,
                             "sleb_tokens": a.sleb_tokens},
             "block_influence": [1.0 - sim[i][i + 1] for i in range(depth)], "replaceme": replaceme_info,
             "rows": rows, "frontier": [{"plan": lbl, "test_ppl": scored[lbl],

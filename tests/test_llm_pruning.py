@@ -1,6 +1,7 @@
 """benchmarks/llm_pruning.py end to end on a tiny Llama bank (no finished study): every baseline's plan removes
 at least its row's layers, the teacher's test perplexity is the one transformers' own loss gives, the teacher is
-its own reference (speed-up exactly 1), every plan heals at one budget, and a bad --fractions is one line."""
+its own reference (speed-up exactly 1), every plan heals at one budget, calibration from another text takes the
+documents asked for, and bad arguments are one line."""
 
 import json
 import math
@@ -57,7 +58,8 @@ def test_the_comparison_end_to_end(study):
     res = subprocess.run([sys.executable, SCRIPT, str(study / "s.toml"), "--test", str(study / "test.jsonl"),
                           "--fractions", "1/6,1/3,1/2", "--rounds", "6", "--heal-steps", "2", "--heal-data",
                           str(study / "train.jsonl"), "--heal-trainable", "all,modules", "--heal-batch-tokens", "64",
-                          "--heal-dir", str(study / "healed"), "--json", str(out)],
+                          "--heal-dir", str(study / "healed"), "--calib-data", str(study / "train.jsonl"),
+                          "--calib-documents", "5", "--json", str(out)],
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
     d = json.loads(out.read_text())
@@ -90,7 +92,8 @@ def test_the_comparison_end_to_end(study):
             if start + 16 >= len(ids):
                 break
     assert d["teacher_test_ppl"] == pytest.approx(math.exp(nll / n), rel=1e-4)
-    assert "goal" in res.stdout and d["calibration"]["documents"] == 4
+    assert "goal" in res.stdout and d["calibration"]["documents"] == 5
+    assert d["calibration"]["data"].endswith("train.jsonl")
     _check_healing(study, bank, d)
     # Killed and rerun with the same arguments: the plans and test scores come from the part file.
     again = subprocess.run(res.args, capture_output=True, text=True, timeout=600)
@@ -122,7 +125,8 @@ def _check_healing(study, bank, d):
     row = d["rows"][1]
     cfg = StudyConfig.load(str(study / "s.toml"))
     task, dev = cfg.quality_task(), cfg.load_devset()
-    calibration = list(task.load_devset(cfg.data_path).sources)
+    # The calibration the run was given: 5 of train.jsonl's 12 documents, evenly spaced (0, 2, 4, 7, 9).
+    calibration = [_texts(12, 2)[i] for i in (0, 2, 4, 7, 9)]
     _, folded, _ = replaceme(bank, row["removed"], calibration, max_tokens=2048)
     start = row["replaceme_healed"]["all"]["dev_before"]
     assert start == pytest.approx(score_quality(folded, bank.tokenizer, dev, task).value, rel=1e-5)
@@ -136,4 +140,8 @@ def test_a_bad_share_is_one_line(study):
     res = subprocess.run([sys.executable, SCRIPT, str(study / "s.toml"), "--heal-steps", "2"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "--heal-data" in res.stderr and "Traceback" not in res.stderr
+    res = subprocess.run([sys.executable, SCRIPT, str(study / "s.toml"), "--calib-data", str(study / "none.jsonl")],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "none.jsonl" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
 
