@@ -6,8 +6,9 @@ examples' references), kept in a JSON cache on disk (plan -> perplexity; keyed b
 windows, so another run of this script reuses it). Costs are those known without timing: FLOPs
 (:class:`~modsearch.cost.LayerFlops`), params, and with ``--profile`` (``modsearch profile``) the profile's
 predicted latency in place of a measured ``latency_ms``; all additive in the blocks. The objectives are the
-study's, each divided by the teacher's; its constraints on quality, params and FLOPs apply (quality read on the
-cheap perplexity, relative to the teacher's); others are ignored and named.
+study's: the sampler is given them in the study's units, as in a study; the figures below divide each by the
+teacher's. Its constraints on quality, params and FLOPs apply (quality read on the cheap perplexity, relative to
+the teacher's); others are ignored and named.
 
 1. A reference front: one long run of every strategy at ``--reference-factor`` times the budget; the reference
    is the front of every feasible plan in the cache (these runs, the runs below, earlier invocations'); the
@@ -18,6 +19,12 @@ cheap perplexity, relative to the teacher's); others are ignored and named.
    reference front's (reference point: the front's nadir plus 10 % of its range on each axis, as in
    tabular_search.py); the share of the sampler's own proposals that are infeasible; the share of its final
    front's points that are the sampler's own plans, not baselines.
+   With the study's ``[screen]`` (unless ``--no-screen``), each run screens as ``modsearch search`` does
+   (:class:`~modsearch.search.Screen`, the study's margin and perplexity constraints): a proposal whose cheap
+   perplexity a front plan of no higher cost beats by more than the margin, or whose estimate breaks a bound by
+   more than the margin (a baseline: the bound only), becomes a pruned trial; the sampler then learns its
+   constraint estimate, not its objectives, as in a study. A run's plans are its distinct trials, screened or
+   scored (a study's ``n_trials``); how many of them passed the screen (were "fully scored") is printed.
 3. With ``--verify-rounds N``: the reference front's plans and every run's front timed against the teacher on
    the study's target in N paired rounds (:func:`verified_ratios`), and each strategy's hypervolume given again
    with those speed-ups (:func:`verified_table`).
@@ -66,7 +73,10 @@ class CheapStudy:
         prof = LatencyProfile.load(profile) if profile else None
         evaluator = PlanEvaluator(self.bank, cfg.load_devset(), cfg.quality_task(), cfg.target, profile=prof,
                                   scoring_threads=cfg.scoring_threads or "auto")
-        self.screen = Screen(evaluator, cfg.objectives, windows)
+        # The study's screen over this fidelity; its constraint estimate (teacher x cheap ratio) needs the
+        # teacher's figure, which at this fidelity is the teacher's cheap perplexity (set below).
+        self.screen = Screen(evaluator, cfg.objectives, windows, cfg.screen_margin, constraints=cfg.constraints,
+                             teacher_quality=1.0)
         self.key = {"bank": self.bank.checksum, "data": self.screen.devset.content_hash,
                     "task": self.screen.task.to_json()}
         self.cache_path, self.cache, self.new, self._stored_seeds = cache_path, {}, 0, None
@@ -83,6 +93,7 @@ class CheapStudy:
         self.seconds, self._seeds = 0.0, None
         teacher = self.bank.teacher_plan()
         self.teacher = [self.perplexity(teacher)] + self.screen.costs(teacher)
+        self.screen.teacher_quality = self.teacher[0]
         self.constraints, ignored = [], []
         for c in cfg.constraints:
             (self.constraints if c.metric in ("quality",) + cfg.quality_task().metrics + _COSTS else ignored).append(c)
@@ -98,6 +109,7 @@ class CheapStudy:
             self.new += 1
             if self.new % 25 == 0:
                 self.save()
+        self.screen.know(key, self.cache[key])
         return self.cache[key]
 
     def save(self) -> None:
@@ -110,6 +122,12 @@ class CheapStudy:
             write_json(self.cache_path, {"key": self.key, "perplexity": self.cache, "seeds": seeds})
 
     def losses(self, plan) -> tuple[list[float], list[float]]:
+        norm, violations, _ = self.figures(plan)
+        return norm, violations
+
+    def figures(self, plan) -> tuple[list[float], list[float], list[float]]:
+        """The plan's objectives divided by the teacher's, its constraint violations, and its objectives as a
+        study states them (perplexity, ms, FLOPs: what the sampler is given, as in a study)."""
         values = [self.perplexity(plan)] + self.screen.costs(plan)
         norm = [v / t for v, t in zip(values, self.teacher)]
         violations = []
@@ -123,7 +141,7 @@ class CheapStudy:
             else:
                 value, teacher = values[0], self.teacher[0]
             violations.append(c.violation(value, teacher))
-        return norm, violations
+        return norm, violations, values
 
     def seeds(self, budget: int) -> list:
         from modsearch.search._seeds import limit_seeds, seed_plans
@@ -147,12 +165,13 @@ def _seeds_code() -> str:
     return sha256_file(seeds.__file__)[:16]
 
 
-def run(cheap: CheapStudy, label: str, seed: int, budget: int, seeds: list) -> dict:
-    """One strategy's run: the distinct plans it evaluated, in order, with their losses, feasibility and
-    whether a baseline proposed them."""
+def run(cheap: CheapStudy, label: str, seed: int, budget: int, seeds: list, screen: bool = False) -> dict:
+    """One strategy's run: the distinct plans it evaluated, in order, with their losses, feasibility, whether a
+    baseline proposed them and (``screen``) whether the study's screen stopped them."""
     import optuna
 
-    from modsearch.search import make_sampler
+    from modsearch.search import make_sampler, pareto_front
+    from modsearch.search._surrogate import ESTIMATES_ATTR
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     name, settings, seeded = STRATEGIES[label]
@@ -163,37 +182,55 @@ def run(cheap: CheapStudy, label: str, seed: int, budget: int, seeds: list) -> d
         if str(plan) not in seen and len(rows) < budget:
             seen.add(str(plan))
             norm, viol = cheap.losses(plan)
-            rows.append({"plan": str(plan), "losses": norm, "feasible": all(v <= 0 for v in viol), "seed": True})
+            rows.append({"plan": str(plan), "losses": norm, "feasible": all(v <= 0 for v in viol), "seed": True,
+                         "screened": screen and "screened_by" in cheap.screen.check(plan, [])})
     if name is None:
         return {"label": label, "seed": seed, "rows": rows}
     study = optuna.create_study(directions=["minimize"] * len(cheap.cfg.objectives),
                                 sampler=make_sampler(name, settings, seed=seed, genome=cheap.genome))
     for plan, _ in seeds if seeded else []:
-        study.enqueue_trial(cheap.genome.to_params(plan))
+        study.enqueue_trial(cheap.genome.to_params(plan), user_attrs={"baseline": True})
+    scored = {r["plan"] for r in rows if not r["screened"]}  # what a study would have fully scored
 
     def objective(trial):
         plan = cheap.genome.suggest(trial)
-        norm, viol = cheap.losses(plan)
-        for k, v in enumerate(viol):
-            trial.set_constraint(str(k), v)
-        if str(plan) not in seen:
-            seen.add(str(plan))
-            rows.append({"plan": str(plan), "losses": norm, "feasible": all(v <= 0 for v in viol), "seed": False})
+        key, baseline = str(plan), bool(trial.user_attrs.get("baseline"))
+        norm, viol, values = cheap.figures(plan)
+        verdict = {}
+        if screen and key not in scored:  # as a study screens: proposals against its feasible front
+            ok = [r for r in rows if r["plan"] in scored and r["feasible"]]
+            front = [] if baseline else [ok[i]["plan"] for i in pareto_front([r["losses"] for r in ok])] if ok else []
+            verdict = cheap.screen.check(plan, front)
+        if key not in seen:
+            seen.add(key)
+            rows.append({"plan": key, "losses": norm, "feasible": all(v <= 0 for v in viol), "seed": False,
+                         "screened": "screened_by" in verdict})
             if len(rows) >= budget:
                 trial.study.stop()
-        return norm
+        if "screened_by" in verdict:  # a pruned trial: its constraint estimate, as the study records it
+            trial.set_user_attr("plan", key)
+            trial.set_user_attr("screened", True)
+            if "screen_estimate" in verdict:
+                trial.set_user_attr(ESTIMATES_ATTR, {str(k): v for k, (c, v) in enumerate(zip(cheap.constraints, viol))
+                                                     if c.metric == "quality"})
+            raise optuna.TrialPruned(f"screened out by {verdict['screened_by']}")
+        scored.add(key)
+        for k, v in enumerate(viol):
+            trial.set_constraint(str(k), v)
+        return values
 
     if len(rows) < budget:
         study.optimize(objective, n_trials=TRIAL_FACTOR * budget)
     return {"label": label, "seed": seed, "rows": rows}
 
 
-def logged(cheap: CheapStudy, label: str, seed: int, budget: int, seeds: list) -> dict:
+def logged(cheap: CheapStudy, label: str, seed: int, budget: int, seeds: list, screen: bool = False) -> dict:
     """:func:`run`, with a line on what it cost (the run's own scoring is what the cache did not hold)."""
     t, n, s = time.perf_counter(), cheap.new, cheap.seconds
-    out = run(cheap, label, seed, budget, seeds)
-    print(f"  {label} seed {seed}: {len(out['rows'])} plans, {cheap.new - n} scored ({cheap.seconds - s:.0f} s), "
-          f"{time.perf_counter() - t:.0f} s", flush=True)
+    out = run(cheap, label, seed, budget, seeds, screen)
+    passed = f" ({sum(not r['screened'] for r in out['rows'])} past the screen)" if screen else ""
+    print(f"  {label} seed {seed}: {len(out['rows'])} plans{passed}, {cheap.new - n} scored at this fidelity "
+          f"({cheap.seconds - s:.0f} s), {time.perf_counter() - t:.0f} s", flush=True)
     return out
 
 
@@ -213,7 +250,8 @@ def verified_table(cheap: CheapStudy, pool: dict, runs: list, labels: list, roun
         return [names[i] for i in pareto_front([rows[n] for n in names])] if names else []
 
     ref_plans = front_plans(pool)
-    run_fronts = [front_plans({r["plan"]: r["losses"] for r in x["rows"] if r["feasible"]}) for x in runs]
+    run_fronts = [front_plans({r["plan"]: r["losses"] for r in x["rows"] if r["feasible"] and not r.get("screened")})
+                  for x in runs]
     plans = list(dict.fromkeys([*ref_plans, *(p for f in run_fronts for p in f)]))
     t = time.perf_counter()
     print(f"verifying {len(plans)} plans (the reference front's {len(ref_plans)} and every run's front) on "
@@ -235,7 +273,7 @@ def verified_table(cheap: CheapStudy, pool: dict, runs: list, labels: list, roun
     for label in labels:
         # A run's points: every feasible plan of it that was timed (its own front, and plans of it on another
         # run's front or the reference front), so a run holding the baselines holds their verified front too.
-        got = [hypervolume([verified(r["plan"]) for r in x["rows"] if r["feasible"] and
+        got = [hypervolume([verified(r["plan"]) for r in x["rows"] if r["feasible"] and not r.get("screened") and
                             (r["plan"] in ratios or r["plan"] == teacher)], reference) / ref_hv
                if ref_hv > 0 else float("nan") for x in runs if x["label"] == label]
         table[label] = got
@@ -249,13 +287,13 @@ def verified_table(cheap: CheapStudy, pool: dict, runs: list, labels: list, roun
 def scores(result: dict, reference: list[float], reference_hv: float) -> dict:
     from modsearch.search import hypervolume, pareto_front
 
-    feasible = [r for r in result["rows"] if r["feasible"]]
+    feasible = [r for r in result["rows"] if r["feasible"] and not r.get("screened")]  # a study's front: scored
     own = [r for r in result["rows"] if not r["seed"]]
     front = [feasible[i] for i in pareto_front([r["losses"] for r in feasible])] if feasible else []
     return {"hv": hypervolume([r["losses"] for r in feasible], reference) / reference_hv,
             "infeasible": sum(not r["feasible"] for r in own) / len(own) if own else float("nan"),
             "own_front": sum(not r["seed"] for r in front) / len(front) if front else float("nan"),
-            "plans": len(result["rows"])}
+            "plans": len(result["rows"]), "scored": sum(not r.get("screened") for r in result["rows"])}
 
 
 def verified_ratios(cheap: CheapStudy, plans: list[str], rounds: int, group: int = 12, log=print) -> dict:
@@ -307,6 +345,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--verify-rounds", type=int, default=0, help="also time every plan of the reference front "
                     "and of each run's front against the teacher on the study's target in this many paired rounds, "
                     "and give the hypervolumes with these verified speed-ups (0: off)")
+    ap.add_argument("--no-screen", action="store_true", help="do not screen as the study's [screen] would: every "
+                    "plan's cheap figure reaches the sampler")
     ap.add_argument("--json", help="write every figure here")
     a = ap.parse_args(argv)
     from modsearch._errors import UserError
@@ -332,15 +372,18 @@ def main(argv=None) -> dict:
     budget = a.budget or min(150, cfg.n_plans or cfg.n_trials or 150)
     t0 = time.perf_counter()
     seeds = cheap.seeds(budget)
+    screen = cfg.screen_windows is not None and not a.no_screen
     print(f"{cfg.name}: {cheap.space.count():,} plans, objectives {', '.join(cfg.objectives)} (cheap: perplexity on "
-          f"{len(cheap.screen.devset)} window(s)), budget {budget} plans, {len(seeds)} baselines", flush=True)
+          f"{len(cheap.screen.devset)} window(s)), budget {budget} plans, {len(seeds)} baselines; "
+          + (f"screened as the study does (margin {cfg.screen_margin:.0%}, at this fidelity)" if screen else
+             "not screened"), flush=True)
 
     t_ref, n_before = time.perf_counter(), len(cheap.cache)
-    long_runs = [logged(cheap, label, 1000, budget * a.reference_factor, cheap.seeds(budget * a.reference_factor))
-                 for label in labels if STRATEGIES[label][0] is not None]
+    long_runs = [logged(cheap, label, 1000, budget * a.reference_factor, cheap.seeds(budget * a.reference_factor),
+                        screen) for label in labels if STRATEGIES[label][0] is not None]
     ref_seconds, ref_plans = time.perf_counter() - t_ref, len({r["plan"] for x in long_runs for r in x["rows"]})
     ref_new = len(cheap.cache) - n_before
-    runs = [logged(cheap, label, seed, budget, seeds) for label in labels for seed in range(a.seeds)]
+    runs = [logged(cheap, label, seed, budget, seeds, screen) for label in labels for seed in range(a.seeds)]
     cheap.save()
     # The reference: the front of every feasible plan ever scored at this fidelity (the cache, which holds every
     # run's plans, this one's and earlier ones'), so runs of separate invocations are judged against one front.
@@ -358,7 +401,8 @@ def main(argv=None) -> dict:
           f"({a.reference_factor} x the budget, {len(long_runs)} strategies) evaluated {ref_plans} distinct plans "
           f"({ref_new} new at this fidelity) in {ref_seconds:.0f} s")
     table = {}
-    print(f"{'strategy':<14}{'hv / reference':>26}{'infeasible own':>24}{'own share of front':>24}")
+    print(f"{'strategy':<14}{'hv / reference':>26}{'infeasible own':>24}{'own share of front':>24}"
+          + (f"{'past the screen':>20}" if screen else ""))
     for label in labels:
         got = [scores(x, reference, ref_hv) for x in runs if x["label"] == label]
         table[label] = got
@@ -366,13 +410,17 @@ def main(argv=None) -> dict:
         for k in ("hv", "infeasible", "own_front"):
             vals = [g[k] for g in got if g[k] == g[k]]
             cells.append(f"{statistics.median(vals):.4f} [{min(vals):.3f}, {max(vals):.3f}]" if vals else "-")
-        print(f"{label:<14}" + "".join(c.rjust(24 if i else 26) for i, c in enumerate(cells)))
+        if screen:
+            n = [g["scored"] for g in got]
+            cells.append(f"{statistics.median(n):.0f} [{min(n)}, {max(n)}]")
+        print(f"{label:<14}" + "".join(c.rjust((20 if i == 3 else 24) if i else 26) for i, c in enumerate(cells)))
     took = time.perf_counter() - t0
     print(f"medians [min, max] over {a.seeds} seeds at {budget} plans; {len(cheap.cache)} plans in the cache, "
           f"{cheap.new} scored by this run ({cheap.seconds:.0f} s of scoring); {took:.0f} s in all")
     out = {"command": "python benchmarks/deep_search.py " + " ".join(shlex.quote(x) for x in
                                                              (sys.argv[1:] if argv is None else argv)),
            "study": cfg.name, "budget": budget, "windows": a.windows, "seeds": a.seeds,
+           "screen": {"margin": cfg.screen_margin} if screen else None,
            "reference": {"factor": a.reference_factor, "plans": ref_plans, "seconds": ref_seconds,
                          "front": front, "point": reference, "hv": ref_hv},
            "runs": table, "seconds": took}

@@ -1,6 +1,6 @@
 """benchmarks/deep_search.py on a tiny Llama bank with small numbers: every strategy runs at the budget for
-each seed, the reference front bounds them all, the cache on disk serves a second run without scoring, and the
-shares it prints are shares."""
+each seed, the reference front bounds them all, the cache on disk serves a second run without scoring, the
+shares it prints are shares, and where the fidelity is exact its screened run is the study itself."""
 
 import json
 import os
@@ -69,3 +69,20 @@ def test_verified_hypervolumes_time_the_fronts_against_the_teacher(lm_setup, tmp
     assert timed["0-2,3-5"]["ratio"] < 1.0  # 2 layers of 6
     assert v["runs"]["b"] == [pytest.approx(1.0)]  # every plan: it is the reference
     assert 0 < v["runs"]["a"][0] < 1.0
+
+
+def test_the_screened_replay_is_the_study_itself(lm_setup):  # noqa: F811
+    """Where the cheap fidelity is exact (every dev text, uncut: the cheap perplexity is the full score) and the
+    costs are known (params), a screened run of deep_search is the study `modsearch search` runs: the same
+    plans in the same order, the same ones screened, with the same sampler and seed."""
+    from modsearch.search import run_search
+    from test_screen import TEXTS
+
+    cfg = _study(lm_setup, "replay", windows=len(TEXTS), budget="n_trials = 24")
+    result = run_search(cfg, progress=False, log=None)
+    study = [(t.user_attrs["plan"], bool(t.user_attrs.get("screened")))
+             for t in sorted(result.study.trials, key=lambda t: t.number) if t.state.name in ("COMPLETE", "PRUNED")]
+    assert any(s for _, s in study) and not all(s for _, s in study), "the case must screen some plans, not all"
+    cheap = deep_search.CheapStudy(cfg, len(TEXTS), None)
+    replay = deep_search.run(cheap, "evolve", cfg.seed, 24, cheap.seeds(24), screen=True)
+    assert [(r["plan"], r["screened"]) for r in replay["rows"]] == study

@@ -101,6 +101,11 @@ class Screen:
         self._cheap[key] = hit["perplexity"]
         return hit["perplexity"]
 
+    def know(self, plan: str | AssemblyPlan, perplexity: float) -> None:
+        """Take ``plan``'s cheap perplexity as known (a benchmark replaying cached figures); :meth:`check` then
+        scores nothing for it."""
+        self._cheap[str(self.bank.plan(plan))] = perplexity
+
     def costs(self, plan: AssemblyPlan) -> list[float]:
         """The plan's cost objectives as known before scoring (see the module docstring)."""
         if str(plan) in self._costs:
