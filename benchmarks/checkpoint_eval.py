@@ -14,6 +14,7 @@ Nothing is written; nothing is unpickled (safetensors only).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -65,7 +66,8 @@ def main() -> int:
                 print(f"checkpoint_eval: error: {key[0]}.{key[1]}-{key[2]} has no parameter {unexpected[0]}",
                       file=sys.stderr)
                 return 2
-    print(f"dev perplexity ({len(dev)} texts of {cfg.data_path}; windows {task.context_length}/{task.stride}):")
+    print(f"dev perplexity ({len(dev)} texts of {os.path.relpath(cfg.data_path)}; windows "
+          f"{task.context_length}/{task.stride}):")
     print(f"{'checkpoint':>12}{'bank':>12}  plan")
     for p in plans:
         print(f"{score_plan(bank, p, dev, task).value:12.2f}{mine[p]:12.2f}  {p}")
