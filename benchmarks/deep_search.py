@@ -171,7 +171,7 @@ def run(cheap: CheapStudy, label: str, seed: int, budget: int, seeds: list, scre
     import optuna
 
     from modsearch.search import make_sampler, pareto_front
-    from modsearch.search._surrogate import ESTIMATES_ATTR
+    from modsearch.search._surrogate import ESTIMATES_ATTR, OBJECTIVE_ESTIMATES_ATTR
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     name, settings, seeded = STRATEGIES[label]
@@ -207,12 +207,14 @@ def run(cheap: CheapStudy, label: str, seed: int, budget: int, seeds: list, scre
                          "screened": "screened_by" in verdict})
             if len(rows) >= budget:
                 trial.study.stop()
-        if "screened_by" in verdict:  # a pruned trial: its constraint estimate, as the study records it
+        if "screened_by" in verdict:  # a pruned trial: its estimates, as the study records them
             trial.set_user_attr("plan", key)
             trial.set_user_attr("screened", True)
             if "screen_estimate" in verdict:
                 trial.set_user_attr(ESTIMATES_ATTR, {str(k): v for k, (c, v) in enumerate(zip(cheap.constraints, viol))
                                                      if c.metric == "quality"})
+                trial.set_user_attr(OBJECTIVE_ESTIMATES_ATTR, [verdict["screen_estimate"] if o == "quality" else None
+                                                               for o in cheap.cfg.objectives])
             raise optuna.TrialPruned(f"screened out by {verdict['screened_by']}")
         scored.add(key)
         for k, v in enumerate(viol):

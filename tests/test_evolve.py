@@ -296,6 +296,21 @@ def test_an_hvi_edit_is_one_no_measured_plan_dominates_under_the_exact_rule_most
     assert len(landed) >= 20 and sum(landed) / len(landed) >= 0.6, landed
 
 
+def test_the_objective_model_fits_each_objective_on_the_plans_that_have_it():
+    # A screened plan has an estimated quality and no measured latency: the quality fit takes it, the latency fit
+    # is the fit of the measured plans alone.
+    from modsearch.search._surrogate import ObjectiveModel
+
+    plans = DEEP.sample(40, seed=4)
+    measured = [(str(p), [_quality(p), float(sum(p.depths))]) for p in plans[:25]]
+    screened = [(str(p), [_quality(p), None]) for p in plans[25:]]
+    both, alone = ObjectiveModel.fit(measured + screened), ObjectiveModel.fit(measured)
+    probe = DEEP.sample(5, seed=9)
+    assert [both.predict(p)[1] for p in probe] == [alone.predict(p)[1] for p in probe]
+    assert [both.predict(p)[0] for p in probe] != [alone.predict(p)[0] for p in probe]
+    assert ObjectiveModel.fit(measured[:2] + screened) is None  # two measured latencies fit nothing
+
+
 def test_an_unknown_acquisition_is_refused_in_one_line():
     from modsearch._errors import UserError
 

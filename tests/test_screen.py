@@ -10,7 +10,7 @@ import tiny
 from modsearch import LayerBank
 from modsearch.quality import QualityTask, score_plan
 from modsearch.search import StudyConfig, run_search
-from modsearch.search._surrogate import ESTIMATES_ATTR
+from modsearch.search._surrogate import ESTIMATES_ATTR, OBJECTIVE_ESTIMATES_ATTR
 
 TEXTS = ["the a of and to in is that for it", "with as was on be by this are at from or an",
          "which his her the of a and", "le la les de et un une des en du est que", "pour dans qui par sur au",
@@ -69,6 +69,8 @@ def test_an_exact_screen_never_prunes_a_plan_the_full_score_puts_on_the_front(lm
     for t in screened:
         a = t.user_attrs
         assert a["screened"] and a["strategy"] == "sampler" and a["screened_by"] and a["screen_perplexity"] > 0
+        # What the sampler's objective model learns from it: the estimate as its quality, its params unknown.
+        assert a[OBJECTIVE_ESTIMATES_ATTR] == [a["screen_estimate"], None]
         full = score_plan(bank, a["plan"], dev, task).value
         assert full == pytest.approx(a["screen_perplexity"], rel=1e-5)
         params = bank.describe_plan(bank.plan(a["plan"]))["params"]

@@ -36,7 +36,7 @@ from ..plan._edits import crossovers, neighbours
 from ..plan._plan import AssemblyPlan
 from ._config import SAMPLERS
 from ._pareto import hypervolume, pareto_front
-from ._surrogate import ESTIMATES_ATTR, ConstraintModel, ObjectiveModel
+from ._surrogate import ESTIMATES_ATTR, OBJECTIVE_ESTIMATES_ATTR, ConstraintModel, ObjectiveModel
 
 __all__ = ["PlanEvolutionSampler"]
 
@@ -140,7 +140,7 @@ class PlanEvolutionSampler(BaseSampler):
                     if children:
                         return rng.choice(children), "crossover", [pa, pb], None
             if self.acquisition != "random":
-                best = self._most_improving(done, ranks, known, excess, study.directions, rng)
+                best = self._most_improving(done, trials, ranks, known, excess, study.directions, rng)
                 if best is not None:
                     return best
             for rank in ranks:
@@ -175,7 +175,7 @@ class PlanEvolutionSampler(BaseSampler):
                 return child, kind, [parent], None
         return self._random(rng, known, ok), "random", [], None
 
-    def _most_improving(self, done, ranks, known, excess, directions, rng):
+    def _most_improving(self, done, trials, ranks, known, excess, directions, rng):
         """The new plan, predicted feasible, whose predicted objectives
         (:class:`~modsearch.search._surrogate.ObjectiveModel`) add the most hypervolume to the feasible front,
         among the one-block edits of the first two feasible ranks and (``hvi``) the model's own front over the
@@ -184,7 +184,11 @@ class PlanEvolutionSampler(BaseSampler):
         (the measured plans alone would put every plan beyond the most compressed one at zero gain).
         ``(child, move, [parent], predicted objectives)``, or None when no candidate is predicted to add any."""
         feasible = [t for t in done if _feasible(t)]
-        model = ObjectiveModel.fit([(self._plan_of(t), list(t.values)) for t in done])
+        # The measured plans, and the screened ones by the screen's estimate (their quality; so the model knows
+        # what the plans the screen stopped as infeasible cost in perplexity).
+        screened = [(p, t.user_attrs[OBJECTIVE_ESTIMATES_ATTR]) for t in trials if t.state == TrialState.PRUNED
+                    and t.user_attrs.get(OBJECTIVE_ESTIMATES_ATTR) and (p := self._plan_of(t)) is not None]
+        model = ObjectiveModel.fit([(self._plan_of(t), list(t.values)) for t in done] + screened)
         if model is None or not feasible:
             return None
         sign = [-1.0 if d.name == "MAXIMIZE" else 1.0 for d in directions]

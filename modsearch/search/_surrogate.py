@@ -37,10 +37,13 @@ import numpy as np
 from ..plan._plan import DROP, LAYER, MODULE, AssemblyPlan
 from ._pareto import pareto_front
 
-__all__ = ["ConstraintModel", "ObjectiveModel"]
+__all__ = ["ConstraintModel", "ObjectiveModel", "ESTIMATES_ATTR", "OBJECTIVE_ESTIMATES_ATTR"]
 
 #: The user attribute where a screened trial keeps its estimated violations, ``{constraint: violation}``.
 ESTIMATES_ATTR = "constraint_estimates"
+#: The user attribute where a screened trial keeps its estimated objectives, in the study's order, None where the
+#: screen estimates nothing (a measured latency): what the objective model learns from a plan never fully scored.
+OBJECTIVE_ESTIMATES_ATTR = "objective_estimates"
 _RIDGE = (1e-3, 1e-2, 1e-1, 1.0)
 
 
@@ -129,12 +132,19 @@ class ObjectiveModel:
         self.fits = fits
 
     @classmethod
-    def fit(cls, points: list[tuple[str, list[float]]]) -> ObjectiveModel | None:
-        """``points``: (plan, objective values) of the measured plans; None with fewer than 3 finite ones."""
-        rows = [(str(p), [float(x) for x in v]) for p, v in points if all(math.isfinite(x) for x in v)]
-        if len(rows) < 3:
+    def fit(cls, points: list[tuple[str, list[float | None]]]) -> ObjectiveModel | None:
+        """``points``: (plan, objective values) of the measured plans, None (or NaN) where a value is not known
+        (a screened plan's measured latency); each objective is fitted on the plans that have it. None while an
+        objective has fewer than 3 finite values."""
+        if not points:
             return None
-        return cls([_fit_one([(p, v[k], [v[k]]) for p, v in rows]) for k in range(len(rows[0][1]))])
+        fits = []
+        for k in range(len(points[0][1])):
+            rows = [(str(p), float(v[k])) for p, v in points if v[k] is not None and math.isfinite(v[k])]
+            if len(rows) < 3:
+                return None
+            fits.append(_fit_one([(p, x, [x]) for p, x in rows]))
+        return cls(fits)
 
     def predict(self, plan, parent=None) -> list[float]:
         """Each objective's predicted value for ``plan``, from ``parent`` if it was measured."""
