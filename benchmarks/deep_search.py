@@ -171,7 +171,7 @@ def run(cheap: CheapStudy, label: str, seed: int, budget: int, seeds: list, scre
     import optuna
 
     from modsearch.search import make_sampler, pareto_front
-    from modsearch.search._surrogate import ESTIMATES_ATTR, OBJECTIVE_ESTIMATES_ATTR
+    from modsearch.search._surrogate import ESTIMATES_ATTR, OBJECTIVE_ESTIMATES_ATTR, objective_estimates
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     name, settings, seeded = STRATEGIES[label]
@@ -198,9 +198,8 @@ def run(cheap: CheapStudy, label: str, seed: int, budget: int, seeds: list, scre
         norm, viol, values = cheap.figures(plan)
         verdict = {}
         if screen and key not in scored:  # as a study screens: proposals against its feasible front
-            ok = [r for r in rows if r["plan"] in scored and r["feasible"]]
-            front = [] if baseline else [ok[i]["plan"] for i in pareto_front([r["losses"] for r in ok])] if ok else []
-            verdict = cheap.screen.check(plan, front)
+            ok = [] if baseline else [r for r in rows if r["plan"] in scored and r["feasible"]]
+            verdict = cheap.screen.check(plan, [ok[i]["plan"] for i in pareto_front([r["losses"] for r in ok])])
         if key not in seen:
             seen.add(key)
             rows.append({"plan": key, "losses": norm, "feasible": all(v <= 0 for v in viol), "seed": False,
@@ -213,8 +212,8 @@ def run(cheap: CheapStudy, label: str, seed: int, budget: int, seeds: list, scre
             if "screen_estimate" in verdict:
                 trial.set_user_attr(ESTIMATES_ATTR, {str(k): v for k, (c, v) in enumerate(zip(cheap.constraints, viol))
                                                      if c.metric == "quality"})
-                trial.set_user_attr(OBJECTIVE_ESTIMATES_ATTR, [verdict["screen_estimate"] if o == "quality" else None
-                                                               for o in cheap.cfg.objectives])
+                trial.set_user_attr(OBJECTIVE_ESTIMATES_ATTR,
+                                    objective_estimates(cheap.cfg.objectives, verdict["screen_estimate"]))
             raise optuna.TrialPruned(f"screened out by {verdict['screened_by']}")
         scored.add(key)
         for k, v in enumerate(viol):

@@ -38,7 +38,7 @@ from ._evaluator import PlanEvaluator
 from ._samplers import make_sampler
 from ._seeds import limit_seeds, seed_plans
 from ._storage import open_storage, quiet_warnings
-from ._surrogate import ESTIMATES_ATTR, OBJECTIVE_ESTIMATES_ATTR
+from ._surrogate import ESTIMATES_ATTR, OBJECTIVE_ESTIMATES_ATTR, objective_estimates
 from ._summary import ProgressBar, dropped_rows, export_trials, frontier_rows, study_hypervolume
 
 __all__ = ["PLAN_TRIAL_FACTOR", "SearchResult", "fail_dead_trials", "run_search"]
@@ -347,8 +347,8 @@ def _objective(cfg, evaluator: PlanEvaluator, genome: PlanGenome, teacher: dict,
                     trial.set_user_attr(ESTIMATES_ATTR, {
                         c.text: c.violation(verdict["screen_estimate"], teacher.get(c.metric))
                         for c in cfg.constraints if c.metric == "quality"})
-                    trial.set_user_attr(OBJECTIVE_ESTIMATES_ATTR, [verdict["screen_estimate"] if o == "quality"
-                                                                   else None for o in cfg.objectives])
+                    trial.set_user_attr(OBJECTIVE_ESTIMATES_ATTR,
+                                        objective_estimates(cfg.objectives, verdict["screen_estimate"]))
                 trial.set_user_attr("plan", str(plan))
                 trial.set_user_attr("strategy", strategy or "sampler")
                 trial.set_user_attr("screened", True)
