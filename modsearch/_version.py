@@ -11,6 +11,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 SCORING_CODE = {
     "quality": ("quality", "data", "plan", "bank", "assembly.py", "search/_evaluator.py"),
     "cost": ("cost", "plan", "bank", "assembly.py", "search/_evaluator.py"),
+    "seeds": ("search/_seeds.py", "quality", "plan", "bank", "assembly.py"),  # the calibrated baselines
 }
 
 # The libraries whose versions can change a score: the model code, tokenisation, and the metric implementations.
@@ -32,7 +33,7 @@ def software_versions() -> dict[str, str | None]:
 
 def code_hash(kind: str) -> str:
     """sha256 over the source files (``*.py`` and the files beside them, ``__pycache__`` excepted) that a
-    ``kind`` of cached result (``quality`` or ``cost``) is computed by: any change to that code is another key."""
+    ``kind`` of cached result (``quality``, ``cost`` or ``seeds``) is computed by: any change to that code is another key."""
     h = hashlib.sha256()
     for part in SCORING_CODE[kind]:
         full = os.path.join(PACKAGE_DIR, part)

@@ -210,3 +210,27 @@ def test_streamline_seeds_cover_every_long_module_of_the_bank(tmp_path):
                for p, _ in seed_plans(b, b.space(), ["streamline"], calibration=TEXTS)}
     assert sorted(removed.values()) == [3, 5] and "0,1,2,3-8,9,10,11" in removed  # no 1-layer (2-span) seed
     assert set(pruning_plans(b, b.space(), "streamline", TEXTS, fractions=[1 / 4, 1 / 2])) == {3}
+
+
+def test_calibrated_seeds_come_from_the_cache_the_second_time(bank, tmp_path, monkeypatch):
+    """The strategies measured on calibration text run once per bank, space and text: a second study takes
+    the same plans (and their progress lines) from the cache without calibrating; other text calibrates anew."""
+    from modsearch.search import _seeds
+    from modsearch.search._cache import EvaluationCache
+
+    calls, real = [], _seeds.pruning_plans
+    monkeypatch.setattr(_seeds, "pruning_plans", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    cache, strategies = EvaluationCache(str(tmp_path / "cache")), ["teacher", "sleb", "greedy"]
+    first_log, second_log = [], []
+    first = seed_plans(bank, bank.space(), strategies, calibration=TEXTS, log=first_log.append, cache=cache)
+    assert calls == ["sleb", "greedy"] and first_log
+    second = seed_plans(bank, bank.space(), strategies, calibration=TEXTS, log=second_log.append, cache=cache)
+    assert calls == ["sleb", "greedy"]  # nothing calibrated again
+    assert [(str(p), s) for p, s in second] == [(str(p), s) for p, s in first]
+    assert second_log[:-1] == first_log and "from the cache" in second_log[-1]
+    uncached = seed_plans(bank, bank.space(), strategies, calibration=TEXTS)  # the oracle: no cache
+    assert [(str(p), s) for p, s in first] == [(str(p), s) for p, s in uncached] and len(calls) == 4
+    seed_plans(bank, bank.space(), strategies, calibration=TEXTS[:2], cache=cache)
+    assert calls[4:] == ["sleb", "greedy"]  # other calibration text: a miss
+    seed_plans(bank, bank.space(drops=False), ["greedy"], calibration=TEXTS, cache=cache)
+    assert calls[6:] == ["greedy"]  # another space: a miss

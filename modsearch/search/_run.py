@@ -217,7 +217,8 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
 
         known = {t.user_attrs.get("plan") for t in study.get_trials(deepcopy=False)
                  if t.state.name in ("COMPLETE", "WAITING")}
-        seeds = seed_plans(bank, space, cfg.seed_strategies, calibration=cfg.calibration_texts(), log=say)
+        seeds = seed_plans(bank, space, cfg.seed_strategies, calibration=cfg.calibration_texts(), log=say,
+                           cache=cache)
         for text in cfg.seed_plans:
             plan = bank.plan(text)
             if not space.contains(plan):

@@ -52,7 +52,7 @@ def _ladder(depth: int, spans: set[tuple[int, int]]) -> list[tuple[Block, ...]]:
 
 
 def seed_plans(bank, space: PlanSpace, strategies: Sequence[str],
-               calibration: Sequence[str] = (), log=None) -> list[tuple[AssemblyPlan, str]]:
+               calibration: Sequence[str] = (), log=None, cache=None) -> list[tuple[AssemblyPlan, str]]:
     """The baseline plans to evaluate before sampling, each with the strategy that proposed it.
 
     - ``teacher``: every original layer.
@@ -78,7 +78,14 @@ def seed_plans(bank, space: PlanSpace, strategies: Sequence[str],
 
     A plan proposed by several strategies is listed once, under the first. Plans outside ``space`` (drops
     when drops are off, spans left out) are skipped. ``log`` receives progress lines of the slow ones (SLEB).
+
+    With an :class:`~modsearch.search._cache.EvaluationCache`, the strategies measured on ``calibration``
+    (minutes on a deep bank) run once per bank, space, calibration text, software and seeding code: a second
+    study over the same bank (another target, a fresh start) takes their plans, and their progress lines,
+    from the cache.
     """
+    if cache is not None and any(s in CAUSAL_STRATEGIES for s in strategies):
+        return _cached_seed_plans(cache, bank, space, strategies, calibration, log)
     depths, spans = list(space.depths), [set(m) for m in space.modules]
     teacher = tuple(tuple(Block(i, i, LAYER) for i in range(d)) for d in depths)
     found: list[tuple[AssemblyPlan, str]] = []
@@ -134,6 +141,39 @@ def seed_plans(bank, space: PlanSpace, strategies: Sequence[str],
                 add(plan.stacks, strategy)
         else:
             raise UserError(f"unknown seed strategy {strategy!r}")
+    return found
+
+
+def _cached_seed_plans(cache, bank, space: PlanSpace, strategies, calibration, log):
+    import hashlib
+    import json
+
+    from .._version import code_hash, software_versions
+
+    key = {"bank": bank.checksum, "strategies": list(strategies),
+           "calibration": hashlib.sha256(json.dumps(list(calibration), ensure_ascii=False).encode()).hexdigest(),
+           "space": {"depths": space.depths, "modules": [sorted(m) for m in space.modules], "drops": space.drops},
+           "software": software_versions(), "code": code_hash("seeds")}
+    stored = cache.get("seeds", key)
+    try:
+        found = [(bank.plan(text), strategy) for text, strategy in stored["plans"]]
+        lines = [str(line) for line in stored["log"]]
+    except Exception:  # noqa: BLE001 - a miss, or an entry that is not this shape: calibrate again
+        found = None
+    say = log or (lambda _line: None)
+    if found is not None and all(space.contains(p) for p, _ in found):
+        for line in lines:
+            say(line)
+        say(f"baselines: {len(found)} plan(s) from the cache (their calibration ran before)")
+        return found
+    lines = []
+
+    def record(line: str) -> None:
+        lines.append(line)
+        say(line)
+
+    found = seed_plans(bank, space, strategies, calibration, log=record)
+    cache.put("seeds", key, {"plans": [[str(p), strategy] for p, strategy in found], "log": lines})
     return found
 
 
