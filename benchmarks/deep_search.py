@@ -79,15 +79,12 @@ class CheapStudy:
                              teacher_quality=1.0)
         self.key = {"bank": self.bank.checksum, "data": self.screen.devset.content_hash,
                     "task": self.screen.task.to_json()}
-        self.cache_path, self.cache, self.new, self._stored_seeds = cache_path, {}, 0, None
+        self.cache_path, self.cache, self.new = cache_path, {}, 0
         if cache_path and os.path.exists(cache_path):
             with open(cache_path) as f:
                 stored = json.load(f)
             if stored.get("key") == self.key:
                 self.cache = stored["perplexity"]
-                if (stored.get("seeds") or {}).get("strategies") == list(cfg.seed_strategies) \
-                        and stored["seeds"].get("code") == _seeds_code():
-                    self._stored_seeds = stored["seeds"]["plans"]
             else:
                 log(f"cache {cache_path} holds another bank, dev set or fidelity: not used")
         self.seconds, self._seeds = 0.0, None
@@ -116,10 +113,7 @@ class CheapStudy:
         if self.cache_path:
             from modsearch._io import write_json
 
-            seeds = ({"strategies": list(self.cfg.seed_strategies), "code": _seeds_code(),
-                      "plans": [[str(p), src] for p, src in self._seeds if src != "user"]}
-                     if self._seeds is not None else None)
-            write_json(self.cache_path, {"key": self.key, "perplexity": self.cache, "seeds": seeds})
+            write_json(self.cache_path, {"key": self.key, "perplexity": self.cache})
 
     def losses(self, plan) -> tuple[list[float], list[float]]:
         norm, violations, _ = self.figures(plan)
@@ -144,25 +138,15 @@ class CheapStudy:
         return norm, violations, values
 
     def seeds(self, budget: int) -> list:
+        from modsearch.search import EvaluationCache
         from modsearch.search._seeds import limit_seeds, seed_plans
 
-        if self._seeds is None and self._stored_seeds is not None:  # the baselines of an earlier run, same key
-            self._seeds = [(self.bank.plan(p), src) for p, src in self._stored_seeds]
-            self.log(f"{len(self._seeds)} baselines from the cache")
-        elif self._seeds is None:  # measured once (SLEB and the greedy path score many plans)
+        if self._seeds is None:  # measured once, and kept in the study's cache as a study keeps them
             self._seeds = seed_plans(self.bank, self.space, self.cfg.seed_strategies,
-                                     calibration=self.cfg.calibration_texts(), log=self.log)
-            self.save()
+                                     calibration=self.cfg.calibration_texts(), log=self.log,
+                                     cache=EvaluationCache(self.cfg.cache) if self.cfg.cache else None)
             self._seeds += [(self.bank.plan(p), "user") for p in self.cfg.seed_plans]
         return limit_seeds(self._seeds, max(1, int(self.cfg.seed_share * budget)))
-
-
-def _seeds_code() -> str:
-    """The content hash of the baselines' code: cached baselines of an older rule are measured again."""
-    import modsearch.search._seeds as seeds
-    from modsearch._io import sha256_file
-
-    return sha256_file(seeds.__file__)[:16]
 
 
 def run(cheap: CheapStudy, label: str, seed: int, budget: int, seeds: list, screen: bool = False) -> dict:
