@@ -67,7 +67,9 @@ LLM_PRUNING_SMOLLM2_TARGETS = "llm-pruning-smollm2-2026-12-07.json"
 HEALED = {"gemma": "healed-pruning-gemma-2026-12-06-modules-all.json"}
 TRAIN_STEP = "llm_train_step-2026-12-02.json"
 # -- SmolLM2-135M ----------------------------------------------------------------------------------------------
-DEEP_SEARCH = "deep-search-smollm2-2026-12-07h-screen130.json"
+DEEP_SEARCH = "deep-search-smollm2-2026-12-07i-screen130.json"
+#: The same 130 trials on the previous bank (another VM's rebuild), evolve alone.
+DEEP_SEARCH_PREVIOUS_BANK = "deep-search-smollm2-2026-12-07h-screen130.json"
 #: 110 trials: the default sampler (g), and before it learnt the screened plans' estimates, with every baseline
 #: strategy (f; random search after the baselines and the baselines alone do not use the sampler).
 DEEP_SEARCH_110 = "deep-search-smollm2-2026-12-07g-screen110.json"
@@ -92,7 +94,7 @@ COMMANDS = {
     PREDICTOR: "python benchmarks/latency_predictor.py banks/bible-en-fr --target cpu-1t-b1 --plans 30 "
                f"--repeats 5 --out-profile profiles/cpu-1t-b1.json --json benchmarks/results/{PREDICTOR}",
     DEEP_SEARCH: "python benchmarks/deep_search.py studies/smollm2-135m.toml --windows 4 --seeds 5 "
-                 "--reference-factor 0 --budget 130 --strategies evolve "
+                 "--reference-factor 2 --budget 130 --strategies evolve,seeds "
                  "--profile profiles/smollm2-135m-cpu-1t-b1-lm.json "
                  "--cache benchmarks/results/deep-search-smollm2-135m.cache.json --verify-rounds 20 "
                  f"--json benchmarks/results/{DEEP_SEARCH}",
@@ -399,11 +401,18 @@ def render_page() -> str:
     smol.append(_section("SmolLM2-135M: which search finds the frontier of a deep bank", DEEP_SEARCH,
                          deep_search(DEEP_SEARCH),
                          "The bank holds 66,512,188,363 plans. The default sampler at the study's budget (130 "
-                         "trials, screened or fully scored, 39 of them the baselines) against the reference front "
-                         "of every plan scored at this fidelity (12 plans), each run screened as the study screens; "
+                         "trials, screened or fully scored, 39 of them the baselines) and the baselines alone, on "
+                         "the bank as rebuilt on 2026-12-07 evening, against the reference front of every plan "
+                         "scored at this fidelity on it (12 plans of 566: a long evolve run at twice the budget and "
+                         "the runs below; random search's run was cut for time), each run screened as the study "
+                         "screens; "
                          "the sampler learns the screened plans' estimated perplexity. Infeasible counts the "
                          "proposals the screen stopped by the constraint estimate (cheap: about 1.5 s each in a "
                          "study, against 23 s for a fully scored plan)."))
+    smol.append(_section("SmolLM2-135M: the same on the previous bank", DEEP_SEARCH_PREVIOUS_BANK,
+                         deep_search(DEEP_SEARCH_PREVIOUS_BANK),
+                         "The bank as another VM rebuilt it (other rounding, checksum 22cd00f8...), evolve alone, "
+                         "the reference the front of the 2,565 plans ever scored on that bank."))
     smol.append(_section("SmolLM2-135M: the same at 110 trials, against random edits", DEEP_SEARCH_110,
                          deep_search(DEEP_SEARCH_110), "The same screen and reference, 110 trials."))
     smol.append(_section("SmolLM2-135M: the same, before the sampler learnt the screen's estimates",
