@@ -49,6 +49,8 @@ OBJECTIVE_ESTIMATES_ATTR = "objective_estimates"
 def objective_estimates(objectives, estimate: float) -> list[float | None]:
     """A screened trial's :data:`OBJECTIVE_ESTIMATES_ATTR`: the screen's estimate in the quality's place."""
     return [estimate if o == "quality" else None for o in objectives]
+
+
 _RIDGE = (1e-3, 1e-2, 1e-1, 1.0)
 
 
