@@ -72,7 +72,8 @@ class CheapStudy:
         self.genome = PlanGenome(self.space, self.bank.stack_names)
         prof = LatencyProfile.load(profile) if profile else None
         evaluator = PlanEvaluator(self.bank, cfg.load_devset(), cfg.quality_task(), cfg.target, profile=prof,
-                                  scoring_threads=cfg.scoring_threads or "auto")
+                                  scoring_threads=cfg.scoring_threads or "auto",
+                                  prefix_memory_mb=cfg.prefix_memory_mb)
         # The study's screen over this fidelity; its constraint estimate (teacher x cheap ratio) needs the
         # teacher's figure, which at this fidelity is the teacher's cheap perplexity (set below).
         self.screen = Screen(evaluator, cfg.objectives, windows, cfg.screen_margin, constraints=cfg.constraints,

@@ -160,8 +160,8 @@ LONG_TEXTS = ["the a of and to in is that for it with as was on be by this are a
 def test_prefix_cached_perplexity_equals_scoring_the_whole_plan(family, tmp_path):
     """The oracle for the seeds' prefix cache: each candidate's calibration perplexity, computed from the
     reference plan's recorded layer inputs, equals score_plan's on the whole assembled candidate. GPT-2 adds its
-    position embeddings to inputs_embeds, so the reference check turns the cache off there and every candidate
-    is scored whole (still equal)."""
+    position embeddings to inputs_embeds, so the first reuse's check turns the cache off there and every
+    candidate is scored whole (still equal)."""
     from modsearch.data import DevSet
     from modsearch.plan._plan import DROP, LAYER, MODULE, Block
     from modsearch.quality._prefix import PrefixPerplexity
@@ -188,14 +188,17 @@ def test_prefix_cached_perplexity_equals_scoring_the_whole_plan(family, tmp_path
     assert scorer.reference(teacher) == pytest.approx(math.exp(nll / n), rel=1e-4)
     reference = [Block(0, 0, LAYER), Block(1, 1, DROP)] + [Block(p, p, LAYER) for p in range(2, 6)]
     assert scorer.reference(reference) == pytest.approx(whole(reference), rel=1e-5)
-    assert scorer.cached is (family != "gpt2")
     candidates = [(reference[:3] + [Block(3, 3, DROP)] + reference[4:], 3),
                   (reference[:4] + [Block(4, 5, MODULE)], 4),
                   (reference[:2] + [Block(2, 3, MODULE)] + reference[4:], 2),
                   (reference[:3] + [Block(3, 5, MODULE)], 3),
                   (reference[:5] + [Block(5, 5, DROP)], 5)]
-    for blocks, first in candidates:
-        assert scorer.candidate(blocks, first) == pytest.approx(whole(blocks), rel=1e-5), [str(x) for x in blocks]
+    for blocks, _ in candidates:
+        assert scorer.candidate(blocks) == pytest.approx(whole(blocks), rel=1e-5), [str(x) for x in blocks]
+    assert scorer.cached is (family != "gpt2")
+    if family != "gpt2":  # each candidate ran from the layer before its first change, not whole
+        assert scorer.states.counts["layers_skipped"] == len(scorer.batches) * sum(
+            sum(1 for b in reference[:first] if b.kind != DROP) for _, first in candidates)
 
 
 def test_streamline_seeds_cover_every_long_module_of_the_bank(tmp_path):

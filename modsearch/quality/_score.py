@@ -309,9 +309,10 @@ def _generate(model, tokenizer, batches: list[_Batch], hidden: list[torch.Tensor
 
 
 def _teacher_forced(model, tokenizer, devset: DevSet, batches: list[_Batch], hidden: list[torch.Tensor] | None,
-                    task: QualityTask) -> tuple[dict, list[float]]:
+                    task: QualityTask, states=None) -> tuple[dict, list[float]]:
     """Token-level cross-entropy and argmax accuracy of the references, summed over the whole dev set."""
     kind = _model_kind(model)
+    run = states.head_input if states is not None else head_input
     device = _device(model)
     n = len(devset)
     ex_loss, ex_tokens = [0.0] * n, [0] * n
@@ -338,7 +339,7 @@ def _teacher_forced(model, tokenizer, devset: DevSet, batches: list[_Batch], hid
         elif devset.targets is None:
             # lm: each text is scored on its own tokens; right padding never reaches a real token's context.
             ids, mask = _pad(rows, _pad_id(tokenizer), left=False)
-            x = head_input(model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)})[:, :-1]
+            x = run(model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)})[:, :-1]
             labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100).to(device)
         else:
             prompts = [b.input_ids[r, b.input_ids.shape[1] - int(b.attention_mask[r].sum()):].tolist()
@@ -348,7 +349,7 @@ def _teacher_forced(model, tokenizer, devset: DevSet, batches: list[_Batch], hid
             lab = torch.full_like(ids, -100)
             for r, (p, t) in enumerate(zip(prompts, rows)):
                 lab[r, len(p):len(p) + len(t)] = torch.tensor(t)
-            x = head_input(model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)})[:, :-1]
+            x = run(model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)})[:, :-1]
             labels = lab[:, 1:].to(device)
         nll, correct, tokens = token_scores(model, x, labels)
         per_loss, per_tok = nll.tolist(), tokens.tolist()
@@ -373,12 +374,15 @@ def _metric(name: str, primary_key: str | None):
 
 
 def score_quality(model: nn.Module, tokenizer, devset: DevSet, task: QualityTask, source_prefix: str = "",
-                  return_predictions: bool = False, encoder_cache: EncoderCache | None = None) -> QualityResult:
+                  return_predictions: bool = False, encoder_cache: EncoderCache | None = None,
+                  states=None) -> QualityResult:
     """Score ``model`` on ``devset`` as ``task`` says. Generation is batched, length-sorted and greedy or beam.
 
     Runs under ``torch.inference_mode()`` with the model in eval mode (its mode is restored afterwards).
     ``source_prefix`` is the bank's prefix; ``task.source_prefix`` overrides it. ``encoder_cache`` (from
-    :func:`encode`, with a model sharing this one's encoder) skips the encoder.
+    :func:`encode`, with a model sharing this one's encoder) skips the encoder. ``states`` (a decoder-only
+    model's :meth:`LayerStates.bind <modsearch.quality._prefix.LayerStates.bind>`) runs the teacher-forced
+    batches only from the first layer no earlier plan ran on them.
     """
     kind = _model_kind(model)
     if task.task != "lm" and devset.targets is None:
@@ -426,9 +430,9 @@ def score_quality(model: nn.Module, tokenizer, devset: DevSet, task: QualityTask
 
                     stats, losses = windowed_lm_scores(model, ids, task.context_length, task.stride,
                                                        task.batch_size, _pad_id(tokenizer),
-                                                       getattr(tokenizer, "bos_token_id", None))
+                                                       getattr(tokenizer, "bos_token_id", None), states=states)
                 else:
-                    stats, losses = _teacher_forced(model, tokenizer, devset, batches, hidden, task)
+                    stats, losses = _teacher_forced(model, tokenizer, devset, batches, hidden, task, states)
                 timings["teacher_forced"] = time.perf_counter() - t
                 details["teacher_forced"] = stats
                 scores.update({m: stats[m] for m in task.metrics if m in TEACHER_FORCED})

@@ -62,11 +62,13 @@ def check_context(model, context: int | None) -> None:
 
 
 def windowed_lm_scores(model, ids: list[list[int]], context: int | None, stride: int | None,
-                       batch_size: int, pad_id: int, bos_id: int | None = None) -> tuple[dict, list[float]]:
+                       batch_size: int, pad_id: int, bos_id: int | None = None,
+                       states=None) -> tuple[dict, list[float]]:
     """Token-level cross-entropy, perplexity and accuracy of the tokenized texts ``ids`` under ``model``, scored in strided
     windows; returns ``(stats, per-document mean loss)`` like the unwindowed path. ``context`` None takes the
     model's positions (so a long document never overflows them); ``stride`` None takes half the context. A
-    document starting with ``bos_id`` has each later window's first token replaced by it (it is never scored)."""
+    document starting with ``bos_id`` has each later window's first token replaced by it (it is never scored).
+    ``states``: as :func:`~modsearch.quality.score_quality` takes it."""
     from ._head import head_input, token_scores
 
     positions = model_positions(model)
@@ -93,7 +95,8 @@ def windowed_lm_scores(model, ids: list[list[int]], context: int | None, stride:
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for r, (_, w, lbl) in enumerate(batch):  # right padding: it never reaches a real token's context
             inp[r, :len(w)], lab[r, :len(w)], mask[r, :len(w)] = torch.tensor(w), torch.tensor(lbl), 1
-        x = head_input(model, {"input_ids": inp.to(device), "attention_mask": mask.to(device)})[:, :-1]
+        x = (states.head_input if states is not None else head_input)(
+            model, {"input_ids": inp.to(device), "attention_mask": mask.to(device)})[:, :-1]
         nll, correct, tokens = token_scores(model, x, lab[:, 1:].to(device))
         for r, (d, _, _) in enumerate(batch):
             doc_loss[d] += float(nll[r])

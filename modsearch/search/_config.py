@@ -58,6 +58,7 @@ The command line overrides the common settings (:meth:`StudyConfig.override`).
     allow_foreign_profile = false
     scoring_threads = "auto"             # threads for quality scoring: "auto" = the cores other processes
                                          # leave free (checked before every plan), or a number
+    prefix_memory_mb = 2048              # decoder-only: states kept so plans skip shared layers (0: off)
 
     [verify]                             # re-measure the frontier against the teacher, interleaved
     after_search = true                  # at the end of every search run with a latency objective
@@ -107,7 +108,7 @@ _SECTIONS = {
     "sampler": {"name"} | {k for s in SAMPLERS.values() for k in s},
     "budget": {"n_trials", "n_plans", "timeout"},
     "seeds": {"strategies", "plans", "max_share"},
-    "cost": {"profile", "allow_foreign_profile", "measure_latency", "scoring_threads"},
+    "cost": {"profile", "allow_foreign_profile", "measure_latency", "scoring_threads", "prefix_memory_mb"},
     "verify": {"after_search", "rounds"},
     "screen": {"windows", "margin"},
 }
@@ -187,6 +188,7 @@ class StudyConfig:
     measure_latency: bool = False
     seed_share: float = 0.25
     scoring_threads: int | None = None  # None: "auto", the cores other processes leave free
+    prefix_memory_mb: int = 2048  # hidden states kept between plans (modsearch.quality._prefix.LayerStates)
     verify_after: bool = True
     verify_rounds: int | None = None
     screen_windows: int | None = None  # None: no screen
@@ -367,6 +369,8 @@ class StudyConfig:
         threads = cost.get("scoring_threads", "auto")
         need(threads == "auto" or (is_int(threads) and threads >= 1), where, "cost.scoring_threads",
               "\"auto\" or an integer >= 1", threads)
+        prefix_mb = cost.get("prefix_memory_mb", 2048)
+        need(is_int(prefix_mb) and prefix_mb >= 0, where, "cost.prefix_memory_mb", "an integer >= 0", prefix_mb)
 
         screen = raw.get("screen")
         windows, margin = None, 0.05
@@ -374,22 +378,20 @@ class StudyConfig:
             windows, margin = screen.get("windows"), screen.get("margin", 0.05)
             # One window ranks nothing against the front only in the degenerate case of none: refuse < 1.
             need(is_int(windows) and windows >= 1, where, "screen.windows",
-                  "an integer >= 1 (the dev texts or examples the cheap fidelity scores; fewer cannot rank)",
-                  windows)
+                  "an integer >= 1 (the dev texts or examples the cheap fidelity scores; fewer cannot rank)", windows)
             need(is_num(margin) and margin >= 0, where, "screen.margin",
-                  "a number >= 0 (how much worse than a front plan of lower or equal cost a plan may look)",
-                  margin)
+                  "a number >= 0 (how much worse than a front plan of lower or equal cost a plan may look)", margin)
 
         cfg = cls(name=name, bank=path(bank), data_path=data_path, target=target, objectives=list(objectives),
                   constraints=constraints, data=data, task=task, drops=drops,
                   granularities=list(grans) if grans else None, sampler=sname, sampler_settings=settings,
                   n_trials=n_trials, n_plans=n_plans, timeout=float(timeout) if timeout is not None else None,
-                  seed=seed,
-                  storage=storage, output=output, cache=cache, seed_strategies=list(strategies),
+                  seed=seed, storage=storage, output=output, cache=cache, seed_strategies=list(strategies),
                   seed_plans=list(plans), profile=profile, allow_foreign_profile=foreign,
                   measure_latency=measure, seed_share=float(share),
-                  scoring_threads=None if threads == "auto" else threads, verify_after=after,
-                  verify_rounds=rounds, screen_windows=windows, screen_margin=float(margin), source=source)
+                  scoring_threads=None if threads == "auto" else threads, prefix_memory_mb=prefix_mb,
+                  verify_after=after, verify_rounds=rounds, screen_windows=windows, screen_margin=float(margin),
+                  source=source)
         return cfg
 
     # -- command-line overrides ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import time
 from .._errors import UserError
 from .._io import sha256_file
 from .._version import code_hash, software_versions
-from ..plan._plan import AssemblyPlan
+from ..plan._plan import DROP, AssemblyPlan
 from ._cache import EvaluationCache
 
 __all__ = ["PlanEvaluator", "evaluate_plan"]
@@ -65,7 +65,7 @@ class PlanEvaluator:
 
     def __init__(self, bank, devset, task, target=None, *, measure_latency: bool = False, profile=None,
                  cache: EvaluationCache | None = None, encoder_reuse: bool = True, encoder_cache_size: int = 8,
-                 scoring_threads: int | str | None = None):
+                 scoring_threads: int | str | None = None, prefix_memory_mb: int = 2048):
         from ..cost._target import FINGERPRINT_KEYS, HardwareTarget, fingerprint
 
         self.bank, self.devset, self.task = bank, devset, task
@@ -85,6 +85,13 @@ class PlanEvaluator:
         self._reference = None
         self.scoring_threads = scoring_threads
         self._probe = None
+        # Decoder-only, one stack: a plan's teacher-forced quality runs only from its first layer that no plan
+        # scored before it shared (the screen's batches are other batches: the same store serves both).
+        self.states = None
+        if bank.kind != "seq2seq" and len(bank.stack_names) == 1 and prefix_memory_mb > 0:
+            from ..quality._prefix import LayerStates
+
+            self.states = LayerStates(prefix_memory_mb << 20)
         fp = fingerprint(self.target.device if self.target else "cpu")
         self.fingerprint = fp
         # What must agree for a cached cost to stand: shapes (FLOPs) need the software; latency needs the machine.
@@ -241,10 +248,19 @@ class PlanEvaluator:
                 self._encoders.move_to_end(enc_plan)
                 self.counts["encoder_reused"] += 1
         result = score.score_quality(model, self.bank.tokenizer, self.devset, self.task,
-                                     source_prefix=self.bank.source_prefix, encoder_cache=encoder_cache)
+                                     source_prefix=self.bank.source_prefix, encoder_cache=encoder_cache,
+                                     states=self.bind_states(model, plan))
         return {"value": result.value, "scores": result.scores, "primary": result.primary,
                 "greater_is_better": result.greater_is_better, "n_examples": result.n_examples,
                 "wall_time": result.wall_time, "timings": result.timings | ({"encode": encode_s} if encode_s else {})}
+
+    def bind_states(self, model, plan: AssemblyPlan):
+        """The evaluator's :class:`~modsearch.quality._prefix.LayerStates` for ``model`` (assembled from
+        ``plan``), or None where there are none (encoder-decoder banks, or turned off)."""
+        if self.states is None:
+            return None
+        keys = [str(b) for b in plan.stacks[0] if b.kind != DROP]
+        return self.states.bind(model, self.bank.adapter, self.bank.stack_names[0], keys)
 
     def _cost(self, plan: AssemblyPlan, model, latency: bool) -> dict:
         from ..cost._measure import LayerFlops, cost_report

@@ -173,7 +173,8 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
     genome = PlanGenome(space, bank.stack_names)
     cache = EvaluationCache(cfg.cache) if cfg.cache else None
     evaluator = PlanEvaluator(bank, devset, task, target, measure_latency=cfg.needs_latency(), profile=profile,
-                              cache=cache, scoring_threads=cfg.scoring_threads or "auto")
+                              cache=cache, scoring_threads=cfg.scoring_threads or "auto",
+                              prefix_memory_mb=cfg.prefix_memory_mb)
 
     say(f"study {cfg.name}: bank {bank.path} ({space.count():,} plans, {len(genome)} genes), "
         f"{len(devset)} dev examples, target {target.name}, objectives {', '.join(cfg.objectives)}")

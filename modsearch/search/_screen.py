@@ -93,7 +93,8 @@ class Screen:
             model = assemble(self.bank, plan, share_weights=True)
             with pinned_threads(threads) if threads is not None else contextlib.nullcontext():
                 value = score_quality(model, self.bank.tokenizer, self.devset, self.task,
-                                      source_prefix=self.bank.source_prefix).value
+                                      source_prefix=self.bank.source_prefix,
+                                      states=self.evaluator.bind_states(model, plan)).value
             hit = {"perplexity": value}
             self.counts["cheap_scored"] += 1
             if cache:

@@ -327,24 +327,24 @@ def greedy_path(bank, texts: Sequence[str], removals: int, spans=(), drops: bool
     cur = [Block(p, p, LAYER) for p in range(bank.depths[0])]
     cur_ppl, gone, path = scorer.reference(cur), 0, []
     while gone < removals and sum(b.kind != DROP for b in cur) > 1:
-        candidates = []  # (blocks, layers removed, index of the first block that differs from cur)
+        candidates = []  # (blocks, layers removed)
         for x, b in enumerate(cur):
             if drops and b.kind == LAYER:
-                candidates.append((cur[:x] + [Block(b.start, b.start, DROP)] + cur[x + 1:], 1, x))
+                candidates.append((cur[:x] + [Block(b.start, b.start, DROP)] + cur[x + 1:], 1))
         for i, j in sorted(spans):
             run = [x for x, b in enumerate(cur) if i <= b.start <= j]
             if len(run) == j - i + 1 and all(cur[x].kind == LAYER for x in run):
-                candidates.append((cur[:run[0]] + [Block(i, j, MODULE)] + cur[run[-1] + 1:], j - i, run[0]))
+                candidates.append((cur[:run[0]] + [Block(i, j, MODULE)] + cur[run[-1] + 1:], j - i))
         if not candidates:
             break
         best = None
-        for blocks, k, first in candidates:
-            value = scorer.candidate(blocks, first)
+        for blocks, k in candidates:
+            value = scorer.candidate(blocks)
             score = (math.log(value) - math.log(cur_ppl)) / k
             if best is None or score < best[0]:
                 best = (score, value, blocks, k)
         _, cur_ppl, cur, k = best
-        scorer.reference(cur)  # the next step's candidates start from this plan's recorded layer inputs
+        scorer.reference(cur)  # the next step's candidates start from this plan's layer inputs
         gone += k
         path.append((AssemblyPlan((tuple(cur),)), gone))
         if log:
