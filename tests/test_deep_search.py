@@ -85,6 +85,7 @@ def test_the_screened_replay_is_the_study_itself(lm_setup):  # noqa: F811
     study = [(t.user_attrs["plan"], bool(t.user_attrs.get("screened")))
              for t in sorted(result.study.trials, key=lambda t: t.number) if t.state.name in ("COMPLETE", "PRUNED")]
     assert any(s for _, s in study) and not all(s for _, s in study), "the case must screen some plans, not all"
+    assert result.evaluations["states_layers_skipped"] > 0  # the scores below are the same with states reused
     cheap = deep_search.CheapStudy(cfg, len(TEXTS), None)
     replay = deep_search.run(cheap, "evolve", cfg.seed, 24, cheap.seeds(24), screen=True)
     assert [(r["plan"], r["screened"]) for r in replay["rows"]] == study

@@ -47,6 +47,8 @@ def test_defaults_and_paths_relative_to_the_file(tmp_path):
     ('storage = "study.db"\n', "storage"),
     ('[seeds]\nstrategies = ["teacher", "magic"]\n', "seeds.strategies"),
     ('[cost]\nprofile = 3\n', "cost.profile"),
+    ('[cost]\nprefix_memory_mb = -1\n', "cost.prefix_memory_mb"),
+    ('[cost]\nprefix_memory_mb = "lots"\n', "cost.prefix_memory_mb"),
 ])
 def test_bad_keys_and_values_name_the_key(tmp_path, extra, key):
     # Top-level keys go before the first table; a table goes at the end.

@@ -108,6 +108,10 @@ def cmd_search(a) -> int:
           f"{result.n_plans} distinct plan(s); "
           f"{ev.get('quality', 0)} quality and {ev.get('cost', 0)} cost evaluation(s) run, "
           f"{ev.get('cached', 0)} served from the cache; hypervolume {result.hypervolume:.4f} (teacher-normalised)")
+    skipped, ran = ev.get("states_layers_skipped", 0), ev.get("states_layers_run", 0)
+    if skipped + ran:
+        print(f"layer states: {skipped:,} of {skipped + ran:,} layer runs of quality scoring skipped "
+              f"({skipped / (skipped + ran):.0%}), where plans began like one scored before ([cost] prefix_memory_mb)")
     print(f"frontier ({len(result.frontier)} feasible Pareto-optimal trial(s)):")
     print(format_frontier(result.frontier, result.dropped))
     f = result.files

@@ -310,6 +310,7 @@ def run_search(cfg, progress: bool = True, log: Callable[[str], None] | None = p
     return SearchResult(study=study, frontier=frontier, dropped=dropped_rows(study), n_trials=finished_after,
                         new_trials=finished_after - finished, interrupted=interrupted,
                         evaluations=dict(evaluator.counts) | ({"cache_hits": cache.hits} if cache else {})
+                        | ({f"states_{k}": v for k, v in evaluator.states.counts.items()} if evaluator.states else {})
                         | ({f"screen_{k}": v for k, v in screen.counts.items()} if screen else {}),
                         hypervolume=hv, files=files, teacher=teacher, n_plans=len(_study_plans(study)))
 
