@@ -279,7 +279,8 @@ def scores(result: dict, reference: list[float], reference_hv: float) -> dict:
     return {"hv": hypervolume([r["losses"] for r in feasible], reference) / reference_hv,
             "infeasible": sum(not r["feasible"] for r in own) / len(own) if own else float("nan"),
             "own_front": sum(not r["seed"] for r in front) / len(front) if front else float("nan"),
-            "plans": len(result["rows"]), "scored": sum(not r.get("screened") for r in result["rows"])}
+            "plans": len(result["rows"]), "scored": sum(not r.get("screened") for r in result["rows"]),
+            "front": [r["plan"] for r in front]}  # which plans each run found, for reading a run's shortfall
 
 
 def verified_ratios(cheap: CheapStudy, plans: list[str], rounds: int, group: int = 12, log=print) -> dict:
