@@ -61,6 +61,11 @@ def _signature(inputs: dict) -> str:
     return h.hexdigest()
 
 
+def layer_keys(blocks) -> list[str]:
+    """The keys :meth:`LayerStates.bind` takes for a stack's ``blocks``: one per layer run, drops omitted."""
+    return [str(b) for b in blocks if b.kind != "drop"]
+
+
 class LayerStates:
     """The hidden states the layers of one-stack decoder plans received, kept across plans (least recently used
     first out, within ``max_bytes``), so that a plan runs only from its first layer that no plan scored before it
@@ -197,8 +202,7 @@ class PrefixPerplexity:
         from ..plan import AssemblyPlan
 
         model = assemble(self.bank, AssemblyPlan((tuple(blocks),)), share_weights=True)
-        bound = self.states.bind(model, self.bank.adapter, self.stack,
-                                 [str(b) for b in blocks if b.kind != "drop"], record=record)
+        bound = self.states.bind(model, self.bank.adapter, self.stack, layer_keys(blocks), record=record)
         total, count = 0.0, 0
         model.eval()
         with torch.inference_mode():

@@ -12,7 +12,7 @@ import time
 from .._errors import UserError
 from .._io import sha256_file
 from .._version import code_hash, software_versions
-from ..plan._plan import DROP, AssemblyPlan
+from ..plan._plan import AssemblyPlan
 from ._cache import EvaluationCache
 
 __all__ = ["PlanEvaluator", "evaluate_plan"]
@@ -259,8 +259,9 @@ class PlanEvaluator:
         ``plan``), or None where there are none (encoder-decoder banks, or turned off)."""
         if self.states is None:
             return None
-        keys = [str(b) for b in plan.stacks[0] if b.kind != DROP]
-        return self.states.bind(model, self.bank.adapter, self.bank.stack_names[0], keys)
+        from ..quality._prefix import layer_keys
+
+        return self.states.bind(model, self.bank.adapter, self.bank.stack_names[0], layer_keys(plan.stacks[0]))
 
     def _cost(self, plan: AssemblyPlan, model, latency: bool) -> dict:
         from ..cost._measure import LayerFlops, cost_report
