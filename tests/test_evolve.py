@@ -311,33 +311,6 @@ def test_the_objective_model_fits_each_objective_on_the_plans_that_have_it():
     assert ObjectiveModel.fit(measured[:2] + screened) is None  # two measured latencies fit nothing
 
 
-def test_an_objective_model_with_directions_is_optimistic_about_blocks_never_measured_and_only_those():
-    # The invariant: a plan made of measured blocks is predicted as without optimism; a plan holding one module no
-    # measured plan holds is predicted better in each objective's own direction, by the spread (in the fitted
-    # scale) of the measured modules' own weights of that stack; the constraint model stays neutral.
-    import numpy as np
-
-    from modsearch.search._surrogate import ConstraintModel, ObjectiveModel, _features
-
-    space = PlanSpace([12], [_aligned(12, [2, 3])])
-    measured = [p for p in space.sample(60, seed=3) if "6-8" not in str(p)][:30]
-    rows = [(str(p), [_quality(p), -_quality(p)]) for p in measured]      # the same quality, min and max
-    neutral, optimistic = ObjectiveModel.fit(rows), ObjectiveModel.fit(rows, [1.0, -1.0])
-    seen = space.sample(200, seed=8)
-    seen = [p for p in seen if all(f in neutral.fits[0].weights for f, _ in _features(str(p)))][:5]
-    assert seen and all(neutral.predict(p) == optimistic.predict(p) for p in seen)
-    probe = AssemblyPlan.parse("0,1,2,3,4,5,6-8,9,10,11")
-    assert (0, 6, 8, MODULE) not in neutral.fits[0].weights
-    for k, direction in enumerate([1.0, -1.0]):
-        fit = optimistic.fits[k]
-        spread = float(np.std([w for f, w in fit.weights.items() if f[1] >= 0 and f[3] == MODULE]))
-        assert spread > 0
-        shift = fit.forward(optimistic.predict(probe)[k]) - fit.forward(neutral.predict(probe)[k])
-        assert shift == pytest.approx(-direction * spread, rel=1e-9)
-    constraint = ConstraintModel.fit([(p, {"q": v[0] - 40.0}, v) for p, v in rows])
-    assert not constraint.fits["q"].unseen
-
-
 def test_an_unknown_acquisition_is_refused_in_one_line():
     from modsearch._errors import UserError
 
@@ -352,17 +325,14 @@ def test_the_model_front_is_the_exact_front_of_its_predictions_over_the_space(sp
     # The oracle: every plan of a small space predicted one by one (the additive model without a parent), and the
     # non-dominated set of those predictions taken by brute force. The dynamic programme must give the same set of
     # predicted points (plans of equal predictions are interchangeable, so points are compared, not plans).
-    # The model is fitted optimistic (a sign given), so blocks no measured plan holds are priced with the spread.
     from modsearch.search import pareto_front
-    from modsearch.search._surrogate import ObjectiveModel, _features
+    from modsearch.search._surrogate import ObjectiveModel, _dot, _features
 
     measured = space.sample(25, seed=4)
-    model = ObjectiveModel.fit([(str(p), [_quality(p), 3.0 * sum(p.depths) + 0.1 * len(str(p))]) for p in measured],
-                               [1.0, 1.0])
-    assert any(f.unseen for f in model.fits)
+    model = ObjectiveModel.fit([(str(p), [_quality(p), 3.0 * sum(p.depths) + 0.1 * len(str(p))]) for p in measured])
 
     def additive(plan) -> tuple:
-        return tuple(round(f.back(f.intercept + f.price(_features(str(plan)))), 9) for f in model.fits)
+        return tuple(round(f.back(f.intercept + _dot(f.weights, _features(str(plan)))), 9) for f in model.fits)
 
     every = list(space)
     preds = [additive(p) for p in every]

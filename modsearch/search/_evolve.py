@@ -188,10 +188,10 @@ class PlanEvolutionSampler(BaseSampler):
         # what the plans the screen stopped as infeasible cost in perplexity).
         screened = [(p, t.user_attrs[OBJECTIVE_ESTIMATES_ATTR]) for t in trials if t.state == TrialState.PRUNED
                     and t.user_attrs.get(OBJECTIVE_ESTIMATES_ATTR) and (p := self._plan_of(t)) is not None]
-        sign = [-1.0 if d.name == "MAXIMIZE" else 1.0 for d in directions]
-        model = ObjectiveModel.fit([(self._plan_of(t), list(t.values)) for t in done] + screened, sign)
+        model = ObjectiveModel.fit([(self._plan_of(t), list(t.values)) for t in done] + screened)
         if model is None or not feasible:
             return None
+        sign = [-1.0 if d.name == "MAXIMIZE" else 1.0 for d in directions]
         pts = [[s * v for s, v in zip(sign, t.values)] for t in feasible]
         front = [pts[i] for i in pareto_front(pts)]
         parents = [AssemblyPlan.parse(self._plan_of(t)) for rank in ranks.first(2) for t in rank[:64]]

@@ -19,10 +19,6 @@ and the changes compound. So, per constraint:
   never measured what modules cost per layer; where nothing is known the model is optimistic (weight 0), so
   those edits stay open.
 
-The same additive model predicts the objectives the sampler ranks its proposals by (:class:`ObjectiveModel`);
-there a block never measured is priced optimistically, at its kind's weight moved in the objective's better
-direction by the spread of the measured blocks of its kind, so modules no plan has used yet get tried.
-
 Screened trials count with their cheap estimate (user attribute ``constraint_estimates``).
 
 >>> m = ConstraintModel.fit([("0,1,2", {"q": -2.0}, [1.0]), ("0-1,2", {"q": -1.0}, [2.0]),
@@ -88,27 +84,17 @@ def _dot(weights: dict, feats) -> float:
 
 
 class _Fit:
-    """One constraint's additive model: ``y = b + sum of block weights``, ``v = back(y)``. ``unseen``: what a
-    block never measured adds beyond its kind's weight, per ``(stack, block kind)`` (empty: nothing)."""
+    """One constraint's additive model: ``y = b + sum of block weights``, ``v = back(y)``."""
 
-    def __init__(self, weights: dict, intercept: float, back, forward, known: dict[str, float],
-                 unseen: dict | None = None):
+    def __init__(self, weights: dict, intercept: float, back, forward, known: dict[str, float]):
         self.weights, self.intercept, self.back, self.forward, self.known = weights, intercept, back, forward, known
-        self.unseen = unseen or {}
-
-    def price(self, feats) -> float:
-        """The summed weight of ``feats``, a block never measured priced at its kind's weight plus ``unseen``."""
-        out = _dot(self.weights, feats)
-        if self.unseen:
-            out += sum(self.unseen.get((f[0], f[3]), 0.0) * x for f, x in feats if f[1] >= 0 and f not in self.weights)
-        return out
 
     def predict(self, plan: str, parent: str | None) -> float:
         if plan in self.known:
             return self.known[plan]
-        mine = self.price(_features(plan))
+        mine = _dot(self.weights, _features(plan))
         if parent is not None and parent in self.known:
-            y = self.forward(self.known[parent]) + mine - self.price(_features(parent))
+            y = self.forward(self.known[parent]) + mine - _dot(self.weights, _features(parent))
         else:
             y = self.intercept + mine
         return self.back(y)
@@ -153,17 +139,10 @@ class ObjectiveModel:
         self.fits = fits
 
     @classmethod
-    def fit(cls, points: list[tuple[str, list[float | None]]], sign: list[float] | None = None
-            ) -> ObjectiveModel | None:
+    def fit(cls, points: list[tuple[str, list[float | None]]]) -> ObjectiveModel | None:
         """``points``: (plan, objective values) of the measured plans, None (or NaN) where a value is not known
         (a screened plan's measured latency); each objective is fitted on the plans that have it. None while an
-        objective has fewer than 3 finite values.
-
-        ``sign`` (1 where an objective is minimised, -1 where maximised) makes the model optimistic about blocks
-        never measured: such a block is priced at its kind's weight moved, in the better direction, by the spread
-        (standard deviation) of the measured blocks' own weights of its stack and kind (drop or module), so a
-        module no plan has used yet is tried where it may be among the better ones of its kind, rather than
-        judged by the average of modules it is not."""
+        objective has fewer than 3 finite values."""
         if not points:
             return None
         fits = []
@@ -171,7 +150,7 @@ class ObjectiveModel:
             rows = [(str(p), float(v[k])) for p, v in points if v[k] is not None and math.isfinite(v[k])]
             if len(rows) < 3:
                 return None
-            fits.append(_fit_one([(p, x, [x]) for p, x in rows], None if sign is None else sign[k]))
+            fits.append(_fit_one([(p, x, [x]) for p, x in rows]))
         return cls(fits)
 
     def predict(self, plan, parent=None) -> list[float]:
@@ -185,7 +164,7 @@ class ObjectiveModel:
         while each position keeps at most ``cap`` tails; beyond that, ``cap`` spread along the first objective."""
         def term(s, b):
             feats = _block_features(s, b)
-            return tuple(sg * f.price(feats) for sg, f in zip(sign, self.fits))
+            return tuple(sg * _dot(f.weights, feats) for sg, f in zip(sign, self.fits))
 
         per_stack = []
         for s, depth in enumerate(space.depths):
@@ -238,7 +217,7 @@ def _link(rows) -> tuple[float, float] | None:
     return None
 
 
-def _fit_one(rows, sign: float | None = None) -> _Fit:
+def _fit_one(rows) -> _Fit:
     plans = [r[0] for r in rows]
     v = np.array([r[1] for r in rows], dtype=float)
     feats = sorted({f for p in plans for f, _ in _features(p)})
@@ -271,12 +250,4 @@ def _fit_one(rows, sign: float | None = None) -> _Fit:
             if best is None or err < best[0]:
                 best = (err, w, forward, back)
     _, w, forward, back = best
-    weights = {f: float(w[col[f]]) for f in feats}
-    unseen = {}
-    if sign is not None:  # optimism about blocks never measured (ObjectiveModel.fit); forward is increasing here
-        spread: dict[tuple, list[float]] = {}
-        for f, x in weights.items():
-            if f[1] >= 0:
-                spread.setdefault((f[0], f[3]), []).append(x)
-        unseen = {k: -sign * float(np.std(x)) for k, x in spread.items() if len(x) >= 2}
-    return _Fit(weights, float(w[-1]), back, forward, dict(zip(plans, v.tolist())), unseen)
+    return _Fit({f: float(w[col[f]]) for f in feats}, float(w[-1]), back, forward, dict(zip(plans, v.tolist())))
