@@ -47,6 +47,32 @@ def test_no_committed_json_holds_an_absolute_path():
     assert not {f: p for f, p in found.items() if p}
 
 
+# A path of the machine in a log line or a command: "/" then at least two directories, after a space, a quote,
+# "=", "(" or the start of a line (so "tokens/s" and URLs do not count), or behind a URL scheme.
+_PATH_IN_TEXT = re.compile(r"""(?:^|[\s'"=(])/(?:[A-Za-z0-9_.+-]+/){2,}|[a-z][a-z0-9+]*:////[A-Za-z]""", re.M)
+
+
+def test_no_committed_record_holds_an_absolute_path():
+    # Logs, tables and JSON of benchmarks/results hold what a run printed: a command, a warning's source file or a
+    # study's storage URL printed with the machine's path leaks it (two Gemma logs did).
+    try:
+        out = subprocess.run(["git", "ls-files", "benchmarks/results"], cwd=REPO, capture_output=True, text=True,
+                             check=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    files = [f for f in out.stdout.splitlines() if os.path.isfile(os.path.join(REPO, f))]
+    assert len(files) > 20
+    found = {}
+    for f in files:
+        with open(os.path.join(REPO, f), encoding="utf-8", errors="replace") as fh:
+            hits = [m.group(0).strip() for m in _PATH_IN_TEXT.finditer(fh.read())]
+        if hits:
+            found[f] = hits[:3]
+    assert not found
+    assert _PATH_IN_TEXT.search("paired timing: 9 rounds; 110 tokens/s; https://ai.google.dev/gemma/terms") is None
+    assert _PATH_IN_TEXT.search('bank /work/main/banks/x (3 plans)') and _PATH_IN_TEXT.search("sqlite:////w/s.db")
+
+
 def test_a_bank_its_training_and_an_export_record_no_absolute_path(tmp_path):
     """Made from absolute paths throughout (model, data, study), as a user's machine would give them."""
     tiny.translation_bank(tmp_path, {"train.jsonl": 2})
