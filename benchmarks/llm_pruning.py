@@ -200,9 +200,12 @@ def main() -> int:
         if done is not None:
             baselines[name] = {int(k): v for k, v in done.items()}
             continue
+        # SLEB's and the greedy path's steps are kept as they are taken: a long calibration (hours at 32k tokens
+        # on a large vocabulary) goes on from its last step when the run is started again.
         baselines[name] = {k: str(v) for k, v in pruning_plans(
             bank, space, strategy, calibration, lambda: sim, log=say, fractions=fractions,
-            max_texts=a.sleb_texts, max_tokens=a.sleb_tokens).items()}
+            max_texts=a.sleb_texts, max_tokens=a.sleb_tokens, resume=progress.get(f"steps:{name}") or (),
+            on_step=lambda path, name=name: progress.put(f"steps:{name}", path)).items()}
         progress.put(f"plans:{name}", baselines[name])
         seconds[name] = time.perf_counter() - t
         say(f"{strategy}: {seconds[name]:.0f} s")

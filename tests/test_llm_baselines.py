@@ -237,3 +237,23 @@ def test_calibrated_seeds_come_from_the_cache_the_second_time(bank, tmp_path, mo
     assert calls[4:] == ["sleb", "greedy"]  # other calibration text: a miss
     seed_plans(bank, bank.space(drops=False), ["greedy"], calibration=TEXTS, cache=cache)
     assert calls[6:] == ["greedy"]  # another space: a miss
+
+
+def test_a_greedy_path_stopped_after_a_step_goes_on_as_an_uninterrupted_run(bank):
+    # The oracle is the uninterrupted run: a path resumed from what on_step handed over after its first step (and
+    # after its second) takes the same steps, plan for plan, and reports each step once.
+    from modsearch.search._seeds import greedy_path
+
+    spans = bank.module_spans()[0]
+    handed: list = []
+    whole = greedy_path(bank, TEXTS, 4, spans=spans, on_step=lambda path: handed.append(path))
+    assert len(handed) == len(whole) >= 3 and handed[-1] == [(str(p), n) for p, n in whole]
+    for k in (1, 2):
+        later: list = []
+        resumed = greedy_path(bank, TEXTS, 4, spans=spans, resume=handed[k - 1], on_step=later.append)
+        assert [(str(p), n) for p, n in resumed] == [(str(p), n) for p, n in whole]
+        assert later == handed[k:]
+    first: list = []
+    order = sleb_order(bank, TEXTS, 3, on_step=first.append)
+    assert sleb_order(bank, TEXTS, 3, resume=first[0]) == order
+

@@ -95,6 +95,11 @@ def test_the_comparison_end_to_end(study):
     assert "goal" in res.stdout and d["calibration"]["documents"] == 5
     assert d["calibration"]["data"].endswith("train.jsonl")
     _check_healing(study, bank, d)
+    # SLEB's and the greedy path's steps were kept as they were taken (a killed calibration goes on from there).
+    parts = [json.loads(line) for line in open(str(out) + ".part.jsonl", encoding="utf-8")]
+    paths = {r["name"]: r["value"] for r in parts if r["name"].startswith("steps:")}
+    assert set(paths) == {"steps:sleb", "steps:greedy"}
+    assert paths["steps:sleb"][-1] == [d["rows"][-1]["sleb"], 3]
     # Killed and rerun with the same arguments: the plans and test scores come from the part file.
     again = subprocess.run(res.args, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "resuming: " in again.stdout

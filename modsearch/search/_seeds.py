@@ -179,12 +179,13 @@ def _cached_seed_plans(cache, bank, space: PlanSpace, strategies, calibration, l
 
 def pruning_plans(bank, space: PlanSpace, strategy: str, calibration: Sequence[str], sim=None,
                   log=None, fractions: Sequence[float] = (), max_texts: int = 4,
-                  max_tokens: int = 128) -> dict[int, AssemblyPlan]:
+                  max_tokens: int = 128, resume=(), on_step=None) -> dict[int, AssemblyPlan]:
     """A decoder-only strategy's plan (``CAUSAL_STRATEGIES``) at each depth of ``fractions`` (default
     :data:`BI_FRACTIONS`), keyed by the layers it removes (fewer keys when a bank has no plan there, or a small
     model maps two shares to one count). ``sim`` returns the boundary similarities (measured on ``calibration``
     when not given), so callers running several strategies measure them once. ``max_texts`` calibration texts
-    of at most ``max_tokens`` tokens score each candidate of SLEB and the greedy path."""
+    of at most ``max_tokens`` tokens score each candidate of SLEB and the greedy path (``resume`` and
+    ``on_step``: their steps, as in :func:`greedy_path`)."""
     if bank.kind != "causal":
         raise UserError(f"seed strategy {strategy} applies to decoder-only banks")
     if not calibration:
@@ -200,14 +201,15 @@ def pruning_plans(bank, space: PlanSpace, strategy: str, calibration: Sequence[s
         return AssemblyPlan((tuple(Block(i, i, DROP if i in gone else LAYER) for i in range(depth)),))
 
     if strategy == "sleb":
-        order = sleb_order(bank, calibration, max(counts), max_texts=max_texts, max_tokens=max_tokens, log=log)
+        order = sleb_order(bank, calibration, max(counts), max_texts=max_texts, max_tokens=max_tokens, log=log,
+                           resume=resume, on_step=on_step)
         return {k: dropped(set(order[:k])) for k in counts}
     if strategy == "block-influence":
         ranked = sorted(range(depth), key=lambda i: (1.0 - sim()[i][i + 1], i))
         return {k: dropped(set(ranked[:k])) for k in counts}
     if strategy == "greedy":
         path = greedy_path(bank, calibration, max(counts), spans=spans, drops=space.drops, max_texts=max_texts,
-                           max_tokens=max_tokens, log=log)
+                           max_tokens=max_tokens, log=log, resume=resume, on_step=on_step)
         firsts = {k: next((p for p, n in path if n >= k), None) for k in counts}
         return {k: p for k, p in firsts.items() if p is not None}
     if not fractions:  # as seeds: also every longer span the bank holds (a recipe may train other depths)
@@ -313,19 +315,27 @@ def redundant_span(sim: Sequence[Sequence[float]], removed: int, allowed=None) -
 
 
 def greedy_path(bank, texts: Sequence[str], removals: int, spans=(), drops: bool = True, max_texts: int = 4,
-                max_tokens: int = 128, log=None, name: str = "greedy") -> list[tuple[AssemblyPlan, int]]:
+                max_tokens: int = 128, log=None, name: str = "greedy", resume=(),
+                on_step=None) -> list[tuple[AssemblyPlan, int]]:
     """Greedy removal on a decoder-only bank, from the teacher: at each step apply the one change with the
     smallest increase of calibration log-perplexity per layer it removes, until ``removals`` layers are gone.
     The changes: drop a kept original layer (with ``drops``), or put the bank's module over a run of kept
     original layers (one of ``spans``). With drops alone this is SLEB (each step removes one layer, the one
     whose removal gives the lowest perplexity). Returns each step's plan with the layers removed so far; costs
     one perplexity evaluation of ``max_texts`` texts of ``max_tokens`` tokens per candidate and step, run only
-    from the block the candidate changes (:class:`~modsearch.quality._prefix.PrefixPerplexity`)."""
+    from the block the candidate changes (:class:`~modsearch.quality._prefix.PrefixPerplexity`).
+
+    A long calibration can stop and go on: ``on_step(path)`` is called after every step with the path so far as
+    ``[(plan, layers removed), ...]`` (plans as text), and ``resume`` (such a path, from the same bank, texts and
+    settings) continues it from its last step, as an uninterrupted run would."""
     from ..quality._prefix import PrefixPerplexity
 
     scorer = PrefixPerplexity(bank, list(texts)[:max_texts], max_tokens, batch_size=max_texts)
-    cur = [Block(p, p, LAYER) for p in range(bank.depths[0])]
-    cur_ppl, gone, path = scorer.reference(cur), 0, []
+    path = [(bank.plan(p), int(n)) for p, n in resume]
+    cur = list(path[-1][0].stacks[0]) if path else [Block(p, p, LAYER) for p in range(bank.depths[0])]
+    cur_ppl, gone = scorer.reference(cur), path[-1][1] if path else 0
+    if path and log:
+        log(f"{name}: resumed at {gone}/{removals} layers removed: {path[-1][0]}")
     while gone < removals and sum(b.kind != DROP for b in cur) > 1:
         candidates = []  # (blocks, layers removed)
         for x, b in enumerate(cur):
@@ -349,17 +359,19 @@ def greedy_path(bank, texts: Sequence[str], removals: int, spans=(), drops: bool
         path.append((AssemblyPlan((tuple(cur),)), gone))
         if log:
             log(f"{name}: {gone}/{removals} layers removed: {path[-1][0]} (calibration perplexity {cur_ppl:.2f})")
+        if on_step:
+            on_step([(str(p), n) for p, n in path])
     return path
 
 
 def sleb_order(bank, texts: Sequence[str], removals: int, max_texts: int = 4, max_tokens: int = 128,
-               log=None) -> list[int]:
+               log=None, resume=(), on_step=None) -> list[int]:
     """SLEB's greedy block elimination (Song et al. 2024): remove, one at a time, the layer whose removal
     gives the lowest perplexity on the calibration texts, ``removals`` times (:func:`greedy_path` with drops
-    alone). Returns the layers in the order they were removed."""
+    alone; ``resume`` and ``on_step`` as there). Returns the layers in the order they were removed."""
     order: list[int] = []
     for plan, _ in greedy_path(bank, texts, removals, max_texts=max_texts, max_tokens=max_tokens, log=log,
-                               name="SLEB"):
+                               name="SLEB", resume=resume, on_step=on_step):
         order += [b.start for b in plan.stacks[0] if b.kind == DROP and b.start not in order]
     return order
 
