@@ -59,7 +59,8 @@ GOALS = ((1.5, 1.25), (2.0, 1.6))  # (verified speed-up at least, test perplexit
 
 
 class _Progress:
-    """What a killed run already computed (the baseline plans, the test scores), one JSON line each, in
+    """What a killed run already computed (the baseline plans, SLEB's and the greedy path's steps so far, the
+    test scores, the heals), one JSON line each, in
     ``JSON.part.jsonl`` beside the record; a rerun with the same arguments takes them instead of recomputing.
     Keyed by everything that could change them: the bank's checksum, the test and dev files' hashes and the
     calibration sizes. Timing is never resumed: its plans must be measured together."""
