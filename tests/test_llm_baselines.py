@@ -257,3 +257,24 @@ def test_a_greedy_path_stopped_after_a_step_goes_on_as_an_uninterrupted_run(bank
     order = sleb_order(bank, TEXTS, 3, on_step=first.append)
     assert sleb_order(bank, TEXTS, 3, resume=first[0]) == order
 
+
+def test_a_greedy_path_over_several_calibration_batches_takes_the_same_steps(bank, monkeypatch):
+    # Texts beyond CALIBRATION_BATCH_TOKENS are scored in batches of similar length, not one padded batch; the
+    # perplexities (summed over real tokens) and so the steps must not depend on how the texts were batched.
+    from modsearch.quality._prefix import PrefixPerplexity
+    from modsearch.search import _seeds
+
+    batches, init = [], PrefixPerplexity.__init__
+
+    def counting(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        batches.append(len(self.batches))
+
+    monkeypatch.setattr(PrefixPerplexity, "__init__", counting)
+    texts = TEXTS + [t + " " + t for t in TEXTS] + ["the of and", "a to in is that for it"]
+    one = _seeds.greedy_path(bank, texts, 3, spans=bank.module_spans()[0], max_texts=8, max_tokens=32)
+    monkeypatch.setattr(_seeds, "CALIBRATION_BATCH_TOKENS", 64)  # 2 texts of 32 tokens a batch
+    several = _seeds.greedy_path(bank, texts, 3, spans=bank.module_spans()[0], max_texts=8, max_tokens=32)
+    assert batches == [1, 4]
+    assert [(str(p), n) for p, n in several] == [(str(p), n) for p, n in one]
+

@@ -314,6 +314,11 @@ def redundant_span(sim: Sequence[Sequence[float]], removed: int, allowed=None) -
     return i, i + span - 1
 
 
+#: Tokens (texts x their cut) above which SLEB's and the greedy path's calibration texts are scored in several
+#: batches of similar length rather than one.
+CALIBRATION_BATCH_TOKENS = 16384
+
+
 def greedy_path(bank, texts: Sequence[str], removals: int, spans=(), drops: bool = True, max_texts: int = 4,
                 max_tokens: int = 128, log=None, name: str = "greedy", resume=(),
                 on_step=None) -> list[tuple[AssemblyPlan, int]]:
@@ -330,7 +335,10 @@ def greedy_path(bank, texts: Sequence[str], removals: int, spans=(), drops: bool
     settings) continues it from its last step, as an uninterrupted run would."""
     from ..quality._prefix import PrefixPerplexity
 
-    scorer = PrefixPerplexity(bank, list(texts)[:max_texts], max_tokens, batch_size=max_texts)
+    # All texts in one batch while they fit CALIBRATION_BATCH_TOKENS, else batches of similar length: one batch of
+    # 40 chapters padded to the longest did more than twice the work of their real tokens.
+    batch = max(1, min(max_texts, CALIBRATION_BATCH_TOKENS // max(1, max_tokens)))
+    scorer = PrefixPerplexity(bank, list(texts)[:max_texts], max_tokens, batch_size=batch)
     path = [(bank.plan(p), int(n)) for p, n in resume]
     cur = list(path[-1][0].stacks[0]) if path else [Block(p, p, LAYER) for p in range(bank.depths[0])]
     cur_ppl, gone = scorer.reference(cur), path[-1][1] if path else 0
