@@ -277,4 +277,3 @@ def test_a_greedy_path_over_several_calibration_batches_takes_the_same_steps(ban
     several = _seeds.greedy_path(bank, texts, 3, spans=bank.module_spans()[0], max_texts=8, max_tokens=32)
     assert batches == [1, 4]
     assert [(str(p), n) for p, n in several] == [(str(p), n) for p, n in one]
-

@@ -32,16 +32,17 @@ def absolute_paths(obj, where: str = "") -> list[str]:
     return []
 
 
-def _committed_json() -> list[str]:
+def _committed(pattern: str) -> list[str]:
+    """The committed files matching a git pathspec that exist in the checkout (skips outside a git checkout)."""
     try:
-        out = subprocess.run(["git", "ls-files", "*.json"], cwd=REPO, capture_output=True, text=True, check=True)
+        out = subprocess.run(["git", "ls-files", pattern], cwd=REPO, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     return [f for f in out.stdout.splitlines() if os.path.isfile(os.path.join(REPO, f))]
 
 
 def test_no_committed_json_holds_an_absolute_path():
-    files = _committed_json()
+    files = _committed("*.json")
     assert "banks/bible-en-fr/manifest.json" in files
     found = {f: absolute_paths(json.load(open(os.path.join(REPO, f), encoding="utf-8"))) for f in files}
     assert not {f: p for f, p in found.items() if p}
@@ -55,12 +56,7 @@ _PATH_IN_TEXT = re.compile(r"""(?:^|[\s'"=(])/(?:[A-Za-z0-9_.+-]+/){2,}|[a-z][a-
 def test_no_committed_record_holds_an_absolute_path():
     # Logs, tables and JSON of benchmarks/results hold what a run printed: a command, a warning's source file or a
     # study's storage URL printed with the machine's path leaks it (two Gemma logs did).
-    try:
-        out = subprocess.run(["git", "ls-files", "benchmarks/results"], cwd=REPO, capture_output=True, text=True,
-                             check=True)
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout")
-    files = [f for f in out.stdout.splitlines() if os.path.isfile(os.path.join(REPO, f))]
+    files = _committed("benchmarks/results")
     assert len(files) > 20
     found = {}
     for f in files:
